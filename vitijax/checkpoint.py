@@ -1,0 +1,78 @@
+"""orbax checkpoints of vitijax models.
+
+A *model checkpoint* is an orbax ``CheckpointManager`` directory whose steps
+hold two items: ``variables`` (``{'params', 'batch_stats'}``, float32 arrays)
+and ``meta`` (JSON: which model it is and where it came from). ``launch.convert``
+writes one at step 0; training reads it through ``config.init_from``. The
+``meta`` lets a loader refuse a checkpoint of another variant or class count
+with a message instead of a shape error deep inside JAX.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+import vitijax
+
+MODEL_FIELDS = ("model", "variant", "num_classes", "aux_head")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or of another model; the message names the directory."""
+
+
+def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any],
+               step: int = 0) -> str:
+    """Writes ``variables`` and ``meta`` (plus the vitijax version) as step ``step`` of ``directory``.
+
+    orbax writes into a temporary directory and renames it when complete, so a
+    crash never leaves a half-written step that a later load would take.
+    Returns the absolute directory.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    meta = {**dict(meta), "vitijax_version": vitijax.__version__}
+    missing = [f for f in MODEL_FIELDS if f not in meta]
+    if missing:
+        raise ValueError(f"model checkpoint meta needs {missing}")
+    variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
+    with ocp.CheckpointManager(directory) as mngr:
+        mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                                meta=ocp.args.JsonSave(meta)))
+        mngr.wait_until_finished()
+    return directory
+
+
+def load_model(directory: str | os.PathLike, *, expect: Mapping[str, Any] | None = None,
+               step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads (variables, meta) from a model checkpoint (the latest step unless ``step``).
+
+    ``expect`` maps meta fields (e.g. ``variant``, ``num_classes``) to required
+    values; any difference raises ``CheckpointError`` naming the directory and
+    each differing field.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    with ocp.CheckpointManager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{directory}: holds no complete orbax checkpoint step")
+        try:
+            meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        except Exception as e:
+            raise CheckpointError(f"{directory}: step {step} has no readable vitijax 'meta' item ({e})") from e
+        check_meta(meta, expect or {}, directory)
+        restored = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
+    return dict(restored.variables), meta
+
+
+def check_meta(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -> None:
+    """Raises ``CheckpointError`` naming every field where ``meta`` differs from ``expect``."""
+    diffs = [f"{k}: checkpoint has {meta.get(k)!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"{where}: checkpoint of another model ({'; '.join(diffs)})")

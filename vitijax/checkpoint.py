@@ -27,12 +27,13 @@ class CheckpointError(ValueError):
 
 
 def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any],
-               step: int = 0) -> str:
+               step: int = 0, keep: int | None = None) -> str:
     """Writes ``variables`` and ``meta`` (plus the vitijax version) as step ``step`` of ``directory``.
 
     orbax writes into a temporary directory and renames it when complete, so a
     crash never leaves a half-written step that a later load would take.
-    Returns the absolute directory.
+    ``keep`` bounds how many steps stay (oldest deleted first). Returns the
+    absolute directory.
     """
     directory = os.path.abspath(os.fspath(directory))
     meta = {**dict(meta), "vitijax_version": vitijax.__version__}
@@ -40,7 +41,8 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta:
     if missing:
         raise ValueError(f"model checkpoint meta needs {missing}")
     variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
-    with ocp.CheckpointManager(directory) as mngr:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep)
+    with ocp.CheckpointManager(directory, options=options) as mngr:
         mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                                 meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
@@ -76,3 +78,46 @@ def check_meta(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -
     diffs = [f"{k}: checkpoint has {meta.get(k)!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
     if diffs:
         raise CheckpointError(f"{where}: checkpoint of another model ({'; '.join(diffs)})")
+
+
+class TrainCheckpoints:
+    """The training run's checkpoints: ``<workdir>/checkpoints/<step>/{state, data, meta}``.
+
+    ``state`` is the whole train state (params, batch stats, optimiser state,
+    step), ``data`` the input pipeline's position (grain iterator state, JSON)
+    and ``meta`` the model fields. The last ``keep`` steps stay. Saving is
+    asynchronous: orbax copies the arrays off the devices before ``save``
+    returns and writes in the background, atomically (a step directory appears
+    only when complete, so a killed run resumes from the last complete one).
+    """
+
+    def __init__(self, workdir: str, keep: int = 3):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: bytes | None, meta: Mapping[str, Any]) -> None:
+        data = {"iterator": data_state.decode() if data_state is not None else None}
+        meta = {**dict(meta), "vitijax_version": vitijax.__version__}
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        data=ocp.args.JsonSave(data),
+                                                        meta=ocp.args.JsonSave(meta)))
+
+    def restore(self, step: int, abstract_state: Any, expect: Mapping[str, Any]) -> tuple[Any, bytes | None]:
+        """(state, iterator state) of ``step``; refuses a checkpoint whose meta differs from ``expect``."""
+        where = os.path.join(self.directory, str(step))
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        check_meta(meta, expect, where)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        it = restored.data.get("iterator")
+        return restored.state, (it.encode() if it is not None else None)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

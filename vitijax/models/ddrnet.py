@@ -48,6 +48,9 @@ VARIANTS: dict[str, DDRNetSpec] = {
     "23-slim": DDRNetSpec((2, 2, 2, 2), planes=32, spp_planes=128, head_planes=64, split_stage3=False),
     "23": DDRNetSpec((2, 2, 2, 2), planes=64, spp_planes=128, head_planes=128, split_stage3=False),
     "39": DDRNetSpec((3, 4, 6, 3), planes=64, spp_planes=128, head_planes=256, split_stage3=True),
+    # Not an official variant: DDRNet-23's architecture at 1/4 of the slim width, for unit tests
+    # and quick CPU checks. Everything but the widths is the real network.
+    "23-tiny": DDRNetSpec((2, 2, 2, 2), planes=8, spp_planes=16, head_planes=16, split_stage3=False),
 }
 
 # PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'): an untruncated
@@ -286,7 +289,7 @@ class DDRNet(nn.Module):
     """DDRNet for semantic segmentation.
 
     Attributes:
-      variant: "23-slim", "23" or "39" (see ``VARIANTS``).
+      variant: "23-slim", "23" or "39" (see ``VARIANTS``; "23-tiny" is a test size).
       num_classes: output channels of both heads.
       aux_head: also return the auxiliary head (``seghead_extra``) on the
         detail branch, tapped after the last stage-3 fusion (used only for the

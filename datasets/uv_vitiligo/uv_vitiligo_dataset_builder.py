@@ -1,0 +1,80 @@
+"""TFDS builder of a researcher's own UV photographs with face and vitiligo masks.
+
+The folder layout is in BUILD.md and ``vitijax.data.folder``. Build::
+
+    python -m launch.build_dataset --name uv_vitiligo --manual-dir /path/to/ROOT --data-dir data/tfds
+
+Every photo and mask is checked first; the report (what was skipped and why)
+is printed and written beside the data set. Splits are by patient only: the
+held-out list ``ROOT/splits/test.txt`` when present (the paper's split; with
+``ROOT/splits/validation.txt`` for a fixed validation set), else
+a seeded fraction; the ``kfold5`` config makes five grouped folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow_datasets as tfds
+
+from vitijax.data import folder, splits as splits_lib, tfds_io
+from vitijax.data.records import make_example
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+    test_patients_file: str = "splits/test.txt"  # relative to the manual dir; used when it exists
+    validation_patients_file: str = "splits/validation.txt"  # optional, with the test list
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # when there is no held-out list
+    folds: int = 0  # > 0: grouped k-fold splits fold0..fold{k-1} instead of train/validation/test
+    seed: int = 0
+    max_side: int | None = 1536  # downscale crops above this side (full photos are 2832x4240)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """UV photographs of vitiligo patients from a local folder (face-cropped, with masks)."""
+
+    name = "uv_vitiligo"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Lay out your photos and masks as described in vitijax's BUILD.md."
+    BUILDER_CONFIGS = [
+        FolderConfig(name="default", description="held-out list if present, else seeded 80/10/10 by patient"),
+        FolderConfig(name="kfold5", description="five grouped folds by patient", folds=5),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(features=tfds_io.features(), supervised_keys=None)
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        root = os.fspath(dl_manager.manual_dir)
+        records, report = folder.scan(root)
+        print(report.text())
+        report_dir = os.path.join(os.fspath(self.data_dir_root), "reports")
+        os.makedirs(report_dir, exist_ok=True)
+        with open(os.path.join(report_dir, f"{self.name}_{c.name}_validation.json"), "w") as f:
+            f.write(report.to_json())
+        patients = sorted({r.patient for r in records})
+        held_out = os.path.join(root, c.test_patients_file)
+        if c.folds:
+            splits = splits_lib.kfold_split(patients, c.folds, seed=c.seed)
+        elif os.path.isfile(held_out):
+            val_file = os.path.join(root, c.validation_patients_file)
+            val = splits_lib.read_patient_list(val_file) if os.path.isfile(val_file) else None
+            splits = splits_lib.held_out_split(patients, splits_lib.read_patient_list(held_out),
+                                               validation_patients=val, val_fraction=c.val_fraction, seed=c.seed)
+        else:
+            splits = splits_lib.fraction_split(patients, val_fraction=c.val_fraction,
+                                               test_fraction=c.test_fraction, seed=c.seed)
+        return {name: self._generate_examples([r for r in records if r.patient in set(ids)])
+                for name, ids in splits.items() if ids}
+
+    def _generate_examples(self, records):
+        for r in records:
+            photo, face, vit = folder.load_record(r)
+            ex = make_example(photo, face, vit, patient=r.patient, visit=r.visit, view=r.view,
+                              source_file=r.image, source_sha256=r.sha256, max_side=self.builder_config.max_side)
+            yield f"{r.patient}_v{r.visit}_{r.view}_{r.sha256[:8]}", tfds_io.encode(ex)

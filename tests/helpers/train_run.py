@@ -1,0 +1,52 @@
+"""Runs launch/configs/test.py in this process and writes the final params to OUT.npz.
+
+Used by the multi-process and kill-and-resume tests:
+    python -m tests.helpers.train_run WORKDIR OUT.npz [--steps N] [--ckpt-every K] [--step-sleep S]
+        [--coordinator HOST:PORT --num-processes N --process-id I]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("workdir")
+    p.add_argument("out")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--ckpt-every", type=int, default=2)
+    p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--coordinator")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+    a = p.parse_args()
+    from launch.configs.test import get_config
+    from vitijax import train
+
+    c = get_config()
+    c.num_steps, c.checkpoint_every, c.log_every, c.eval_every = a.steps, a.ckpt_every, 1, 0
+    if a.coordinator:
+        c.distributed.update(coordinator_address=a.coordinator, num_processes=a.num_processes,
+                             process_id=a.process_id, cpu_collectives=True)
+    if a.step_sleep:  # slow the loop down so a test can kill it between checkpoints
+        original = train.Progress.update
+
+        def slow(self, step, images):
+            time.sleep(a.step_sleep)
+            return original(self, step, images)
+
+        train.Progress.update = slow
+    result = train.train_and_evaluate(c, a.workdir)
+    params = jax.device_get(result["state"].params)
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    np.savez(a.out, **flat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The trainer: sharded steps, multi-process, kill-and-resume, NaN stop, checkpoint refusal, init_from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from launch.configs.test import get_config
+from vitijax.checkpoint import CheckpointError, save_model
+from vitijax.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
+from vitijax.train import NonFiniteLoss, train_and_evaluate
+from vitijax.models.ddrnet import DDRNet, init_variables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(args, env_extra=None, timeout=600, **kw):
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def load_params(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_one_step_on_8_devices_equals_one_device():
+    """The same global batch: an 8-way data-parallel step and a 1-device step agree to 1e-5.
+
+    The step is the trainer's own (loss, gradients over the global batch, BN
+    statistics of the global batch), with SGD as the update: AdamW's first
+    step maps every gradient entry to about +-lr whatever its size, so entries
+    whose exact gradient is 0 (conv biases feeding a train-mode BN) carry
+    float noise that it would turn into 2 lr differences. The optimiser update
+    is elementwise, so SGD tests everything data parallelism can get wrong.
+    """
+    script = textwrap.dedent("""
+        import json, numpy as np, jax, optax
+        from launch.configs.test import get_config
+        from vitijax import sharding
+        from vitijax.optim import make_optimizer
+        from vitijax.train import compile_steps, create_train_state, make_model
+        c = get_config()
+        assert jax.device_count() == 8
+        r = np.random.default_rng(0)
+        batch = {"image": r.normal(size=(8, 64, 64, 3)).astype(np.float32),
+                 "label": r.integers(0, 2, (8, 64, 64)).astype(np.int32)}
+        out = {}
+        for n in (1, 8):
+            mesh = sharding.make_mesh(jax.devices()[:n])
+            model = make_model(c.model)
+            _, sched = make_optimizer(c.optimizer, 10)
+            tx = optax.sgd(0.1)
+            state = create_train_state(model, tx, (64, 64), 0, mesh)
+            step, _ = compile_steps(model, tx, c.loss, sched, mesh)
+            state, m = step(state, sharding.global_batch(batch, mesh))
+            out[n] = (jax.device_get(state.params), jax.device_get(state.batch_stats), float(m["loss"]))
+        rel = lambda i: max(float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()) for a, b in
+                            zip(jax.tree_util.tree_leaves(out[1][i]), jax.tree_util.tree_leaves(out[8][i])))
+        print(json.dumps({"params": rel(0), "stats": rel(1), "loss1": out[1][2], "loss8": out[8][2]}))
+    """)
+    r = run_python(["-c", script], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["params"] <= 1e-5 and res["stats"] <= 1e-5, res  # |diff| / max(1, |value|)
+    assert res["loss1"] == pytest.approx(res["loss8"], rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_to_identical_params(tmp_path):
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.train_run", str(tmp_path / "wd"), str(tmp_path / f"p{i}.npz"),
+         "--steps", "4", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    assert "process 0 of 2" in outs[0] or "2 device(s)" in outs[0]
+    a, b = load_params(tmp_path / "p0.npz"), load_params(tmp_path / "p1.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (tmp_path / "wd" / "checkpoints" / "4").is_dir()
+
+
+def test_killed_run_resumes_to_the_same_params(tmp_path):
+    """SIGKILL mid-training, restart with the same workdir: bitwise the params of an uninterrupted run."""
+    args = ["--steps", "8", "--ckpt-every", "2"]
+    full = run_python(["-m", "tests.helpers.train_run", str(tmp_path / "full"), str(tmp_path / "full.npz"), *args])
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    wd = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.train_run", str(wd), str(tmp_path / "x.npz"),
+                             *args, "--step-sleep", "0.5"],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (wd / "checkpoints" / "4").is_dir():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint at step 4 in time"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (wd / "checkpoints" / "8").exists()
+    resumed = run_python(["-m", "tests.helpers.train_run", str(wd), str(tmp_path / "resumed.npz"), *args])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = load_params(tmp_path / "full.npz"), load_params(tmp_path / "resumed.npz")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _quiet_config(**overrides):
+    c = get_config()
+    c.num_steps, c.eval_every, c.checkpoint_every, c.log_every = 2, 0, 1, 1
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def test_run_writes_what_a_user_opens(tmp_path, capsys):
+    result = train_and_evaluate(_quiet_config(), str(tmp_path))
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "img/s" in text and "ETA" in text and "Dice" in text
+    for name in ("config.json", "metrics.jsonl", "final_metrics.json"):
+        assert (tmp_path / name).is_file(), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    assert 0.0 <= result["test"]["dice"] <= 1.0 and result["test"]["images"] == 3
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    train_and_evaluate(_quiet_config(), str(tmp_path))
+    other = _quiet_config()
+    other.model.num_classes = 3
+    with pytest.raises(CheckpointError, match="num_classes: checkpoint has 2, expected 3"):
+        train_and_evaluate(other, str(tmp_path))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    c = _quiet_config()
+    c.num_steps = 4
+    c.optimizer.lr = 1e30  # the first update blows the weights up; the next loss is NaN or Inf
+    with pytest.raises(NonFiniteLoss, match=r"non-finite at step 2 .*last good checkpoint \(step 1\) is intact"):
+        train_and_evaluate(c, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    from vitijax.checkpoint import TrainCheckpoints
+
+    assert TrainCheckpoints(str(tmp_path)).latest_step() == 1  # complete, restorable
+
+
+def test_init_from_a_converted_checkpoint(tmp_path):
+    c = _quiet_config()
+    c.num_steps = 0  # no step: the final state is exactly the initial one
+    model = DDRNet("23-tiny", 2, True)
+    variables = jax.device_get(init_variables(model, jax.random.key(42)))
+    save_model(tmp_path / "init", variables, {"model": "ddrnet", "variant": "23-tiny", "num_classes": 2,
+                                              "aux_head": True})
+    c.init_from = str(tmp_path / "init")
+    state = train_and_evaluate(c, str(tmp_path / "wd"))["state"]
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.params)), jax.tree_util.tree_leaves(variables["params"])):
+        np.testing.assert_array_equal(a, b)
+    c.model.variant = "23-slim"
+    with pytest.raises(CheckpointError, match="variant: checkpoint has '23-tiny', expected '23-slim'"):
+        train_and_evaluate(c, str(tmp_path / "wd2"))
+
+
+def test_bfloat16_compute_trains_with_float32_params(tmp_path):
+    c = _quiet_config()
+    c.model.dtype = "bfloat16"
+    state = train_and_evaluate(c, str(tmp_path))["state"]
+    assert {a.dtype for a in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(state.params))
+
+
+def test_schedules_and_weight_decay_mask():
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=0.01, schedule="poly", warmup_steps=10,
+                                         poly_power=0.9, end_lr_factor=0.0))
+    s = learning_rate_schedule(cfg, 110)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(5e-4)
+    assert float(s(10)) == pytest.approx(1e-3)
+    assert float(s(60)) == pytest.approx(1e-3 * (1 - 50 / 100) ** 0.9, rel=1e-5)
+    cfg.schedule = "cosine"
+    assert float(learning_rate_schedule(cfg, 110)(60)) == pytest.approx(1e-3 * 0.5, rel=1e-5)
+    params = {"conv": {"kernel": jnp.ones((3,)), "bias": jnp.ones((3,))}, "bn": {"scale": jnp.ones((3,))}}
+    assert traverse_util.flatten_dict(weight_decay_mask(params, "kernels")) == {
+        ("conv", "kernel"): True, ("conv", "bias"): False, ("bn", "scale"): False}
+    # With zero gradients AdamW moves only the decayed parameters: p <- p - lr * wd * p.
+    cfg.schedule, cfg.warmup_steps, cfg.weight_decay_on = "constant", 0, "kernels"
+    tx, _ = make_optimizer(cfg, 10)
+    upd, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, upd)
+    np.testing.assert_allclose(new["conv"]["kernel"], 1 - 1e-3 * 0.01, rtol=1e-6)
+    np.testing.assert_array_equal(new["conv"]["bias"], 1.0)

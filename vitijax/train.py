@@ -1,0 +1,314 @@
+"""Training: the train state, the sharded train step, periodic evaluation, checkpoints.
+
+``train_and_evaluate(config, workdir)`` is the whole run; ``launch/train.py``
+only parses flags. One readable loop, in the manner of big_vision's trainer:
+shapes from ``jax.eval_shape`` before allocation, a jitted step with the state
+donated, the loss checked for NaN/Inf before anything is saved, evaluation
+that returns sums which the host divides once.
+
+Data parallelism: ``jax.jit`` over a 1-D ``data`` mesh; the state is
+replicated and the batch sharded, so BatchNorm and the OHEM selection see the
+global batch. The same code runs on one CPU, all GPUs of a host, and several
+hosts (each host feeds its own shard of the data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vitijax import compile_cache, metrics, sharding
+from vitijax.checkpoint import TrainCheckpoints, load_model, save_model
+from vitijax.data.pipeline import PipelineConfig, eval_batches, train_loader
+from vitijax.data.sources import load_splits
+from vitijax.models.ddrnet import DDRNet
+from vitijax.losses import ddrnet_loss
+from vitijax.optim import make_optimizer
+from vitijax.resize import resize_bilinear
+from vitijax.run_log import MetricWriter, Progress
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or Inf; the message says where the last good checkpoint is."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimiser steps taken
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------
+# Model, state and steps
+# ----------------------------------------------------------------------------
+
+def make_model(model_cfg) -> DDRNet:
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.get("dtype", "float32")]
+    return DDRNet(variant=model_cfg.variant, num_classes=int(model_cfg.num_classes),
+                  aux_head=bool(model_cfg.aux_head), dtype=dtype)
+
+
+def model_meta(model_cfg) -> dict[str, Any]:
+    """The fields that identify a model in its checkpoints."""
+    return {"model": "ddrnet", "variant": model_cfg.variant, "num_classes": int(model_cfg.num_classes),
+            "aux_head": bool(model_cfg.aux_head)}
+
+
+def create_train_state(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int],
+                       seed: int, mesh) -> TrainState:
+    """A fresh state, initialised directly into replicated placement on ``mesh``."""
+    def init(rng):
+        variables = model.init(rng, jnp.zeros((1, *input_hw, 3), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                          opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRNet,
+               tx: optax.GradientTransformation, loss_cfg, schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One AdamW step on the global batch ``{'image': [b, h, w, 3], 'label': [b, h, w]}``."""
+    def loss_fn(params):
+        outputs, updated = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                       train=True, mutable=["batch_stats"])
+        loss, parts = ddrnet_loss(outputs, batch["label"], aux_weight=loss_cfg.aux_weight,
+                                  thresh=loss_cfg.thresh, min_kept=loss_cfg.min_kept,
+                                  ignore_index=loss_cfg.ignore_index, class_weights=loss_cfg.get("class_weights"))
+        return loss, (parts, updated["batch_stats"])
+
+    (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), out
+
+
+def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> dict[str, jax.Array]:
+    """Per-image confusion counts of the main head's argmax at label size.
+
+    Returns 'face' [b, 4] (inside the face mask) and 'crop' [b, 4] (whole crop)
+    counts (tp, fp, fn, tn), and 'valid' [b].
+    """
+    out = model.apply(variables, batch["image"], train=False)
+    main = out[0] if isinstance(out, tuple) else out
+    logits = resize_bilinear(main, batch["label"].shape[1:3])
+    pred = jnp.argmax(logits, axis=-1)
+    return {"face": metrics.confusion_counts(pred, batch["label"], batch["face"]),
+            "crop": metrics.confusion_counts(pred, batch["label"]), "valid": batch["valid"]}
+
+
+def compile_steps(model, tx, loss_cfg, schedule, mesh):
+    """(jitted train step with the state donated, jitted eval step), sharded over ``mesh``."""
+    rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule),
+                   in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
+    ev = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, bat), out_shardings=rep)
+    return step, ev
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------
+
+def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
+             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Scores ``source`` once, every example exactly once; returns (summary, per-image rows).
+
+    The summary pools counts over all pixels (region: face mask, and whole
+    crop with a ``crop_`` prefix) and gives the mean absolute F-Vitiligo error.
+    """
+    local = global_batch // jax.process_count()
+    rows: list[dict[str, Any]] = []
+    face_counts, crop_counts = [], []
+    for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
+                              shard_count=jax.process_count(), keys=("patient", "visit", "view")):
+        arrays = {k: batch[k] for k in ("image", "label", "face", "valid")}
+        out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
+        valid = out["valid"].astype(bool)
+        face_counts.append(out["face"][valid])
+        crop_counts.append(out["crop"][valid])
+        # Per-image identifiers are known on the host that read them (process 0's rows suffice for logs).
+        for j in range(local):
+            if batch["valid"][j]:
+                tp, fp, fn, tn = (int(v) for v in out["face"][jax.process_index() * local + j])
+                rows.append({"index": int(batch["index"][j]), "patient": batch["patient"][j],
+                             "visit": batch["visit"][j], "view": batch["view"][j], "tp": tp, "fp": fp, "fn": fn,
+                             "tn": tn, "ratio_pred": metrics.f_vitiligo(tp + fp, tp + fp + fn + tn),
+                             "ratio_true": metrics.f_vitiligo(tp + fn, tp + fp + fn + tn)})
+    face = np.concatenate(face_counts) if face_counts else np.zeros((0, 4), np.int64)
+    crop = np.concatenate(crop_counts) if crop_counts else np.zeros((0, 4), np.int64)
+    tot = face.sum(1)
+    ratio_pred = np.where(tot > 0, 100.0 * (face[:, 0] + face[:, 1]) / np.maximum(tot, 1), np.nan)
+    ratio_true = np.where(tot > 0, 100.0 * (face[:, 0] + face[:, 2]) / np.maximum(tot, 1), np.nan)
+    summary = dict(metrics.summarize(face, ratio_pred, ratio_true))
+    summary.update({f"crop_{k}": v for k, v in metrics.scores(*crop.sum(0)).items()})
+    return summary, rows
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+def _pipeline_config(config) -> PipelineConfig:
+    inp = config.input
+    return PipelineConfig(input_size=tuple(inp.size), label=inp.get("label", "vitiligo"),
+                          mask_input=bool(inp.get("mask_input", True)), flip=bool(inp.get("flip", True)),
+                          scale_range=tuple(inp.get("scale_range", (0.8, 1.25))),
+                          max_rotation_deg=float(inp.get("max_rotation_deg", 10.0)))
+
+
+def _check(values: Mapping[str, float], step: int, ckpts: TrainCheckpoints) -> None:
+    if not all(math.isfinite(float(values[k])) for k in ("loss", "grad_norm")):
+        last = ckpts.latest_step()
+        where = f"the last good checkpoint (step {last}) is intact in {ckpts.directory}" if last is not None \
+            else "no checkpoint was written yet"
+        raise NonFiniteLoss(f"loss or gradient became non-finite at step {step} (loss {float(values['loss'])}, "
+                            f"grad norm {float(values['grad_norm'])}); stopping without saving: {where}. Lower "
+                            "the learning rate or enable gradient clipping (optimizer.grad_clip_norm).")
+
+
+def _print_summary(title: str, s: Mapping[str, float]) -> str:
+    line = (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
+            f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
+            f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  ({s['images']} images; face region, pooled pixels, %)")
+    if jax.process_index() == 0:
+        print(line, flush=True)
+    return line
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    """Trains per ``config``, resuming from ``workdir`` if it holds checkpoints.
+
+    Returns {'step', 'test': held-out summary, 'best_validation_dice', 'state': the final TrainState}.
+    """
+    # --- Set-up ------------------------------------------------------------
+    dist = config.get("distributed", {})
+    sharding.initialize_distributed(dist.get("coordinator_address"), dist.get("num_processes"),
+                                    dist.get("process_id"), bool(dist.get("cpu_collectives", False)))
+    compile_cache.enable(config.get("compilation_cache_dir"))
+    devices = jax.devices()[: config.num_devices] if config.get("num_devices") else jax.devices()
+    mesh = sharding.make_mesh(devices)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    gbs = int(config.batch_size)
+    if gbs % len(devices) or gbs % jax.process_count():
+        raise ValueError(f"batch_size {gbs} must be divisible by the {len(devices)} devices and "
+                         f"{jax.process_count()} processes")
+
+    # --- Data --------------------------------------------------------------
+    d = config.data
+    splits = load_splits(d, [d.train_split, d.eval_split, d.test_split])
+    train_src, eval_src, test_src = splits[d.train_split], splits[d.eval_split], splits[d.test_split]
+    pcfg = _pipeline_config(config)
+    steps_per_epoch = max(1, len(train_src) // gbs)
+    total_steps = int(config.num_steps) if config.get("num_steps") is not None \
+        else int(config.num_epochs) * steps_per_epoch
+    loader = train_loader(train_src, pcfg, gbs // jax.process_count(), seed=int(config.seed),
+                          worker_count=int(config.input.get("worker_count", 0)),
+                          shard_index=jax.process_index(), shard_count=jax.process_count())
+    iterator = iter(loader)
+
+    # --- Model, optimiser, state ------------------------------------------
+    model = make_model(config.model)
+    tx, schedule = make_optimizer(config.optimizer, total_steps)
+    meta = model_meta(config.model)
+    state = create_train_state(model, tx, pcfg.input_size, int(config.seed), mesh)
+    ckpts = TrainCheckpoints(workdir, keep=int(config.get("keep_checkpoints", 3)))
+    start = ckpts.latest_step()
+    if start is not None:
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                          state)
+        state, data_state = ckpts.restore(start, abstract, expect=meta)
+        if data_state is not None:
+            iterator.set_state(data_state)
+        if is_main:
+            print(f"resumed from {ckpts.directory}/{start} (step {start} of {total_steps})", flush=True)
+    elif config.get("init_from"):
+        variables, _ = load_model(config.init_from, expect=meta)
+        params = jax.device_put(variables["params"], sharding.replicated(mesh))
+        state = state.replace(params=params, batch_stats=jax.device_put(variables["batch_stats"],
+                                                                        sharding.replicated(mesh)),
+                              opt_state=jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(params))
+        if is_main:
+            print(f"initialised from {config.init_from}", flush=True)
+    start = int(start or 0)
+    step_fn, ev_fn = compile_steps(model, tx, config.loss, schedule, mesh)
+
+    # --- Loop --------------------------------------------------------------
+    writer = MetricWriter(workdir, enabled=is_main)
+    progress = Progress(total_steps, start)
+    log_every, eval_every = int(config.log_every), int(config.eval_every or total_steps)
+    ckpt_every = int(config.checkpoint_every or total_steps)
+    best = -1.0
+    try:
+        if is_main:
+            print(f"training DDRNet-{meta['variant']} on {len(train_src)} images ({steps_per_epoch} steps/epoch), "
+                  f"{total_steps} steps of {gbs} on {len(devices)} device(s) ({jax.devices()[0].platform}); "
+                  f"workdir {workdir}", flush=True)
+        t_compile = time.perf_counter()
+        logged = start
+        for step in range(start, total_steps):
+            batch = next(iterator)
+            state, values = step_fn(state, sharding.global_batch(batch, mesh))
+            done = step + 1
+            if step == start:
+                values = jax.device_get(values)
+                if is_main:
+                    print(f"first step (compilation included): {time.perf_counter() - t_compile:.1f} s", flush=True)
+                progress = Progress(total_steps, done)  # throughput from here on: compilation excluded
+                logged = done
+            if done % log_every == 0 or done == total_steps:
+                # device_get blocks until this step is computed, so the rate below is compute, not dispatch.
+                values = {k: float(v) for k, v in jax.device_get(values).items()}
+                progress.update(done, gbs * (done - logged))
+                logged = done
+                _check(values, done, ckpts)
+                writer.write(done, "train", values)
+                if is_main:
+                    progress.print(done, {k: values[k] for k in ("loss", "grad_norm", "lr")})
+            if done % eval_every == 0 or done == total_steps:
+                variables = {"params": state.params, "batch_stats": state.batch_stats}
+                summary, _ = evaluate(ev_fn, variables, eval_src, pcfg, gbs, mesh)
+                writer.write(done, "validation", summary)
+                _print_summary(f"validation at step {done}", summary)
+                if math.isfinite(summary["dice"]) and summary["dice"] > best:
+                    best = summary["dice"]
+                    save_model(os.path.join(workdir, "best"), variables,  # collective: every process calls it
+                               {**meta, "step": done, "validation_dice": best}, step=done, keep=1)
+            if done % ckpt_every == 0 or done == total_steps:
+                _check({k: float(v) for k, v in jax.device_get(values).items()}, done, ckpts)
+                ckpts.save(done, state, iterator.get_state(), meta)
+
+        # --- Final evaluation on held-out patients ---------------------------
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        summary, rows = evaluate(ev_fn, variables, test_src, pcfg, gbs, mesh)
+        writer.write(total_steps, "test", summary)
+        _print_summary(f"test ({d.test_split}, held-out patients)", summary)
+        result = {"step": total_steps, "test": summary, "best_validation_dice": best}
+        if is_main:
+            with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+                json.dump({**result, "per_image": rows}, f, indent=2, default=float)
+    finally:
+        # Also on errors (a NaN, Ctrl-C): let pending asynchronous saves finish, so the last
+        # checkpoint on disk is complete.
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
+    return {**result, "state": state}

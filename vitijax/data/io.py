@@ -1,0 +1,107 @@
+"""Reading photographs and masks, with errors that name the file and the problem.
+
+Photos: JPEG, PNG, TIFF, ...; EXIF orientation applied; 16-bit scaled to 8-bit;
+grey, palette and RGBA converted to RGB. Masks: one channel (or RGB with equal
+channels), values {0, 1} or {0, 255}; EXIF orientation applied as to photos,
+so a photo and its masks stay aligned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # clinical photos are large; still refuse decompression bombs
+
+
+class ImageReadError(ValueError):
+    """A photo or mask cannot be used; ``str()`` names the file and the problem."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _open(path: str) -> Image.Image:
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode fully now: a truncated file fails here, not later
+            return ImageOps.exif_transpose(im)
+    except ImageReadError:
+        raise
+    except Exception as e:  # PIL raises several types for unreadable/truncated files
+        raise ImageReadError(path, f"unreadable or truncated image ({type(e).__name__}: {e})") from e
+
+
+def read_photo(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 [h, w, 3] of the photo at ``path``, upright (EXIF applied)."""
+    path = os.fspath(path)
+    im = _open(path)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, np.float64)
+        a = np.clip(a / (65535.0 if a.max() > 255 else 255.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, -1)
+    if im.mode in ("RGB;16", "RGB;16B") or (im.mode == "RGB" and np.asarray(im).dtype == np.uint16):
+        a = np.asarray(im, np.float64)
+        return np.clip(a / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def read_mask(path: str | os.PathLike, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A binary mask [h, w] uint8 {0, 1} from a {0,1} or {0,255} image.
+
+    Raises ImageReadError for an unreadable file, a size other than
+    ``expected_hw`` (the photo's), colour masks, or other values.
+    """
+    path = os.fspath(path)
+    im = _open(path)
+    a = np.asarray(im)
+    if a.ndim == 3:
+        if a.shape[2] == 4:
+            a = a[..., :3]
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            raise ImageReadError(path, "mask has colour (its channels differ); save it as a one-channel image")
+        a = a[..., 0]
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    if expected_hw is not None and a.shape[:2] != tuple(expected_hw):
+        raise ImageReadError(path, f"mask is {a.shape[1]}x{a.shape[0]} (w x h) but its photo is "
+                                   f"{expected_hw[1]}x{expected_hw[0]}")
+    values = np.unique(a)
+    if set(values.tolist()) <= {0, 1}:
+        return a.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return (a > 0).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+    raise ImageReadError(path, f"mask values must be {{0,1}} or {{0,255}}, found {shown}")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 [h, w], [h, w, 1] or [h, w, 3] array."""
+    a = np.asarray(array, np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(encode_png(array))

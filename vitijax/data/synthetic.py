@@ -1,0 +1,372 @@
+"""Synthetic UV (Wood's-lamp-like) photographs of faces with vitiligo, with exact ground truth.
+
+Why synthetic: users' photographs are private, yet every part of vitijax must
+train, be tested and be demonstrated without them. The generator draws
+*patients* (face geometry, skin tone, hair, a clinical subtype of facial
+vitiligo and a treatment response) and renders each patient's *visits* in the
+three views of the paper (left, front, right) at any resolution up to the
+paper's 2832x4240 portrait photos.
+
+How it renders. The head is an ellipsoid seen by an orthographic camera; a view
+is a yaw rotation of it. Every pixel is traced to a point on the canonical
+(unrotated) unit sphere, and everything on the face -- features, lesions,
+repigmentation islands, highlights -- is a function of that point. So the
+three views of one visit are views of one face: a lesion on the left cheek
+shows in the left and front views, at consistent places.
+
+What it draws, after the paper and Bae et al. (2018):
+  * dark violet-blue skin, bright blue-white depigmented lesions, dark hair and
+    brows, eyes, nostrils, lips, ears, a neck and clothed upper body (which the
+    paper's face mask removes) on a dark background;
+  * lesion patterns of the four facial subtypes: centrofacial (periorificial:
+    around eyes, nose and mouth), panfacial, hairline, and mixed; borders sharp
+    in places, blurred and low-contrast in others; small satellite lesions;
+  * perifollicular repigmentation islands (dark dots inside lesions), which
+    multiply as treatment works; specular highlights on forehead, nose and
+    cheeks (the paper's main source of false positives);
+  * treatment: per visit, lesions shrink (responders), stay (non-responders)
+    or grow (worsening), at a per-patient rate, so the true F-Vitiligo
+    trajectory is known.
+
+Ground truth definitions (also in BUILD.md):
+  * face mask: the skin of the face inside the hairline, in front of the ears
+    and above the jaw line, including eyebrows, nose and lips, excluding the
+    eye openings and the nostrils. Ears, neck and hair are not face.
+  * vitiligo mask: depigmented skin visible inside the face mask: lesion
+    pixels minus repigmentation islands, minus brow hair that covers them.
+    Lesions on the neck are drawn but, like the paper's labels, not counted.
+  * face box: the bounding box of the face mask, (x0, y0, x1, y1), x1/y1
+    exclusive, in photo pixels.
+  * ratio: F-Vitiligo = 100 * vitiligo pixels / face pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Iterator
+
+import numpy as np
+from scipy import ndimage
+
+VIEWS = ("left", "front", "right")
+# Yaw of the head per view, radians: "left" turns the patient's left cheek to the camera.
+VIEW_YAW = {"left": 0.62, "front": 0.0, "right": -0.62}
+SUBTYPES = ("centrofacial", "panfacial", "hairline", "mixed")
+PAPER_SIZE = (4240, 2832)  # (height, width): the paper's portrait photographs
+
+# Canonical facial landmarks as (azimuth, elevation) on the unit sphere, radians.
+# Positive azimuth is the patient's left, which appears on the image's right in the front view.
+_EYE = (0.38, 0.12)
+_BROW = (0.38, 0.29)
+_NOSTRIL = (0.075, -0.30)
+_MOUTH = (0.0, -0.52)
+_FACE_AZIMUTH = 1.2  # the face ends (ears begin) this far round
+_CHIN_ELEVATION = -1.22
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesion:
+    """One depigmented patch, defined on the canonical unit sphere."""
+
+    azimuth: float
+    elevation: float
+    radius: float  # angular radius at the first visit, radians
+    roughness: float  # amplitude of the border's irregularity, relative to radius
+    border: float  # width of the soft border, relative to radius (0.02 sharp .. 0.5 blurred)
+    contrast: float  # 1 = full lesion brightness; 0.3 = faint, low-contrast lesion
+    response: float  # multiplier of the patient's treatment rate for this lesion
+    noise_seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Patient:
+    """Everything that stays the same across a patient's visits and views."""
+
+    patient_id: str
+    seed: int
+    subtype: str
+    rate: float  # relative lesion shrinkage per visit; 0 non-responder, < 0 worsening
+    head_center: tuple[float, float]  # (x, y) as fractions of photo width and height
+    head_axes: tuple[float, float, float]  # ellipsoid semi-axes (width, height, depth), fraction of photo height
+    skin: tuple[float, float, float]
+    hair: tuple[float, float, float]
+    lesion_rgb: tuple[float, float, float]
+    hairline: float  # elevation of the hairline at the midline
+    clothing: tuple[float, float, float]
+    islands: float  # density of repigmentation islands at the first visit
+    lesions: tuple[Lesion, ...]
+    highlight: float  # specular highlight strength
+    neck_lesion: bool
+
+
+@dataclasses.dataclass
+class SyntheticImage:
+    """One rendered photograph and its exact ground truth.
+
+    image: [h, w, 3] uint8 RGB. face_mask, vitiligo_mask: [h, w] uint8 {0, 1}.
+    face_box: (x0, y0, x1, y1) photo pixels, exclusive ends. ratio: percent.
+    """
+
+    image: np.ndarray
+    face_mask: np.ndarray
+    vitiligo_mask: np.ndarray
+    face_box: tuple[int, int, int, int]
+    ratio: float
+    patient_id: str
+    visit: int
+    view: str
+    subtype: str
+
+
+def _rng(*keys) -> np.random.Generator:
+    """A generator seeded by a stable hash of ``keys`` (independent of Python's hash salt)."""
+    digest = hashlib.sha256(repr(keys).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _direction(azimuth, elevation):
+    return np.stack([np.cos(elevation) * np.sin(azimuth), np.sin(elevation),
+                     np.cos(elevation) * np.cos(azimuth)], axis=-1)
+
+
+def make_patient(seed: int, index: int, subtype: str | None = None) -> Patient:
+    """Draws patient ``index`` of data set ``seed``; the same arguments give the same patient."""
+    r = _rng("patient", seed, index)
+    subtype = subtype or SUBTYPES[int(r.integers(len(SUBTYPES)))]
+    kind = r.choice(["responder", "responder", "non-responder", "worsening"], p=[0.4, 0.25, 0.2, 0.15])
+    rate = {"responder": r.uniform(0.12, 0.3), "non-responder": r.uniform(-0.02, 0.02),
+            "worsening": r.uniform(-0.15, -0.05)}[str(kind)]
+    tone = r.uniform(0.75, 1.25)
+    skin = tuple(float(c) for c in np.array([62, 48, 112]) * tone * r.uniform(0.92, 1.08, 3))
+    lesion_rgb = tuple(float(c) for c in np.array([170, 182, 240]) * r.uniform(0.9, 1.05, 3))
+    hair = tuple(float(c) for c in np.array([22, 18, 38]) * r.uniform(0.7, 1.6))
+    clothing = tuple(float(c) for c in r.choice([[35, 32, 70], [150, 160, 230], [60, 40, 90], [20, 20, 30]]) *
+                     r.uniform(0.8, 1.1))
+    hairline = r.uniform(0.62, 0.85)
+    lesions = _draw_lesions(r, subtype, hairline)
+    return Patient(
+        patient_id=f"P{index:03d}", seed=seed, subtype=subtype, rate=float(rate),
+        head_center=(r.uniform(0.45, 0.55), r.uniform(0.36, 0.44)),
+        head_axes=(r.uniform(0.15, 0.18), r.uniform(0.2, 0.23), r.uniform(0.17, 0.2)),
+        skin=skin, hair=hair, lesion_rgb=lesion_rgb, hairline=float(hairline), clothing=clothing,
+        islands=float(r.uniform(0.0, 0.15)), lesions=lesions, highlight=float(r.uniform(0.3, 1.0)),
+        neck_lesion=bool(r.random() < 0.3))
+
+
+def _draw_lesions(r: np.random.Generator, subtype: str, hairline: float) -> tuple[Lesion, ...]:
+    """Lesion centres and sizes after the subtype's distribution on the face."""
+    centres: list[tuple[float, float, float]] = []  # (azimuth, elevation, radius)
+
+    def around(az, el, spread, n, rad):
+        for _ in range(n):
+            a = r.uniform(0, 2 * np.pi)
+            d = spread * np.sqrt(r.uniform(0.3, 1.0))
+            centres.append((az + d * np.cos(a), el + d * np.sin(a), r.uniform(*rad)))
+
+    kinds = [subtype] if subtype != "mixed" else list(r.choice(["centrofacial", "panfacial", "hairline"], 2,
+                                                                 replace=False))
+    for kind in kinds:
+        if kind == "centrofacial":  # periorificial: eyes, mouth, nose
+            for site in r.permutation([(_EYE[0], _EYE[1]), (-_EYE[0], _EYE[1]), _MOUTH, (0.0, -0.25)])[
+                    : int(r.integers(2, 5))]:
+                around(site[0], site[1], 0.1, int(r.integers(1, 3)), (0.07, 0.16))
+        elif kind == "panfacial":
+            for _ in range(int(r.integers(3, 7))):
+                centres.append((r.uniform(-0.9, 0.9), r.uniform(-1.0, 0.6), r.uniform(0.15, 0.38)))
+        elif kind == "hairline":
+            for az in np.linspace(-1.0, 1.0, int(r.integers(3, 6))) + r.uniform(-0.15, 0.15):
+                el = hairline - 0.3 * (az / _FACE_AZIMUTH) ** 2 - r.uniform(0.02, 0.12)
+                centres.append((az, el, r.uniform(0.08, 0.2)))
+    # Satellites: small lesions near the big ones.
+    for az, el, rad in list(centres):
+        for _ in range(int(r.poisson(0.8))):
+            a = r.uniform(0, 2 * np.pi)
+            d = rad * r.uniform(1.2, 2.0)
+            centres.append((az + d * np.cos(a), el + d * np.sin(a), r.uniform(0.02, 0.05)))
+    lesions = []
+    for az, el, rad in centres:
+        sharp = r.random() < 0.5
+        lesions.append(Lesion(
+            azimuth=float(az), elevation=float(el), radius=float(rad), roughness=float(r.uniform(0.1, 0.35)),
+            border=float(r.uniform(0.02, 0.08) if sharp else r.uniform(0.2, 0.5)),
+            contrast=float(r.uniform(0.75, 1.0) if r.random() < 0.75 else r.uniform(0.3, 0.55)),
+            response=float(r.uniform(0.6, 1.4)), noise_seed=int(r.integers(2**31))))
+    return tuple(lesions)
+
+
+def _fourier_noise(q: np.ndarray, seed: int, n: int = 8, freq: float = 6.0) -> np.ndarray:
+    """Smooth noise in [-1, 1] on 3-D points q [..., 3]: a sum of random plane waves."""
+    r = np.random.default_rng(seed)
+    w = r.normal(0, freq, (n, 3)).astype(np.float32)
+    phase = r.uniform(0, 2 * np.pi, n).astype(np.float32)
+    return np.sin(q @ w.T + phase).sum(-1) / np.sqrt(n / 2) / 2
+
+
+def _hash01(i: np.ndarray, j: np.ndarray, seed: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) per integer cell (i, j): a small integer hash."""
+    h = (i.astype(np.int64) * 73856093) ^ (j.astype(np.int64) * 19349663) ^ (seed * 83492791)
+    h = (h ^ (h >> 13)) * 1274126177
+    h = h ^ (h >> 16)
+    return (h & 0xFFFFFF).astype(np.float32) / float(0x1000000)
+
+
+def _ellipse(az, el, centre, half_widths):
+    return ((az - centre[0]) / half_widths[0]) ** 2 + ((el - centre[1]) / half_widths[1]) ** 2
+
+
+def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384, 256)) -> SyntheticImage:
+    """Renders one photograph of ``patient`` at ``visit`` (0 = baseline) in ``view``.
+
+    ``size`` is (height, width) in pixels; portrait like the paper's camera
+    (4240, 2832) by default aspect. Rendering is done in bands of rows, so
+    memory stays bounded at full resolution.
+    """
+    if view not in VIEW_YAW:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    h, w = size
+    image = np.empty((h, w, 3), np.float32)
+    face = np.empty((h, w), np.uint8)
+    vitiligo = np.empty((h, w), np.uint8)
+    band = max(1, (1 << 20) // w)
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        image[y0:y1], face[y0:y1], vitiligo[y0:y1] = _render_rows(patient, visit, view, size, y0, y1)
+    # Optics and sensor: a little blur (scaled to resolution), exposure and noise.
+    r = _rng("camera", patient.seed, patient.patient_id, visit, view)
+    sigma = max(0.5, 0.0012 * h)
+    image = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")
+    image *= r.uniform(0.85, 1.15)
+    image += r.normal(0, r.uniform(2.0, 5.0), image.shape).astype(np.float32)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(face)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
+    n_face = int(face.sum())
+    ratio = 100.0 * float(vitiligo.sum()) / n_face if n_face else float("nan")
+    return SyntheticImage(image, face, vitiligo, box, ratio, patient.patient_id, visit, view, patient.subtype)
+
+
+def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int):
+    h, w = size
+    yy, xx = np.mgrid[y0:y1, 0:w].astype(np.float32)
+    # Normalised camera coordinates: units of photo height, y up.
+    X = (xx + 0.5 - p.head_center[0] * w) / h
+    Y = -(yy + 0.5 - p.head_center[1] * h) / h
+    A, B, C = p.head_axes
+    t = VIEW_YAW[view]
+    ct, st = math.cos(t), math.sin(t)
+    # Ray (X, Y, Z) against the ellipsoid rotated by yaw t; take the root nearest the camera (+Z).
+    qa = st**2 / A**2 + ct**2 / C**2
+    qb = 2 * X * ct * st * (1 / A**2 - 1 / C**2)
+    qc = X**2 * (ct**2 / A**2 + st**2 / C**2) + Y**2 / B**2 - 1
+    disc = qb**2 - 4 * qa * qc
+    on_head = disc > 0
+    Z = (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa)
+    Qx, Qy, Qz = ct * X + st * Z, Y, -st * X + ct * Z
+    q = np.stack([Qx / A, Qy / B, Qz / C], -1).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True) + 1e-9
+    az = np.arctan2(q[..., 0], q[..., 2])
+    el = np.arcsin(np.clip(q[..., 1], -1, 1))
+    # Surface normal in camera space, for shading and highlights.
+    n = np.stack([Qx / A**2, Qy / B**2, Qz / C**2], -1)
+    n = np.stack([ct * n[..., 0] - st * n[..., 2], n[..., 1], st * n[..., 0] + ct * n[..., 2]], -1)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True) + 1e-9
+    facing = np.clip(n[..., 2], 0, 1)
+
+    rc = _rng("scene", p.seed, p.patient_id)
+    skin = np.asarray(p.skin, np.float32)
+    img = np.empty((*X.shape, 3), np.float32)
+    # Background: dark, with a soft vignette; clothing and neck below the head.
+    bg = np.asarray([14, 10, 30], np.float32) * (1.2 - 0.5 * np.sqrt(X**2 + (Y + 0.1) ** 2))[..., None]
+    img[:] = bg
+    neck_half = A * 0.55
+    neck = (np.abs(X - 0.12 * st * A) < neck_half) & (Y < -B * 0.55) & (Y > -B * 1.9)
+    shoulder = Y < -B * 1.5 - 0.35 * np.maximum(np.abs(X) - neck_half, 0)  # shoulders slope down from the neck
+    img[neck] = skin * 0.75 * (0.7 + 0.3 * np.cos(np.clip(X[neck] / neck_half, -1, 1) * 1.2))[..., None]
+    clothes = shoulder & ~(neck & (Y > -B * 1.7))
+    img[clothes] = np.asarray(p.clothing, np.float32) * (0.8 + 0.2 * _fourier_noise(
+        np.stack([X, Y, X * 0], -1)[clothes], rc.integers(2**31), 6, 20.0))[..., None]
+    if p.neck_lesion:  # drawn, but not facial vitiligo: not in the label
+        nl = neck & (((X - 0.3 * neck_half) / (0.5 * neck_half)) ** 2 + ((Y + B * 1.1) / (0.15 * B)) ** 2 < 1)
+        img[nl] = 0.5 * img[nl] + 0.5 * np.asarray(p.lesion_rgb, np.float32)
+
+    # Head: hair everywhere except face and ears; skin on face and ears.
+    hairline = p.hairline - 0.3 * (az / _FACE_AZIMUTH) ** 2 + 0.03 * _fourier_noise(q, p.seed + 1, 6, 4.0)
+    ear = _ellipse(np.abs(az), el, (1.55, 0.0), (0.22, 0.22)) < 1
+    face_region = on_head & (np.abs(az) < _FACE_AZIMUTH) & (el < hairline) & (el > _CHIN_ELEVATION)
+    eyes = (_ellipse(np.abs(az), el, _EYE, (0.15, 0.055)) < 1) & face_region
+    nostrils = (_ellipse(np.abs(az), el, _NOSTRIL, (0.035, 0.02)) < 1) & face_region
+    brow_curve = _BROW[1] + 0.05 * (1 - ((np.abs(az) - _BROW[0]) / 0.2) ** 2)
+    brows = (np.abs(el - brow_curve) < 0.025) & (np.abs(np.abs(az) - _BROW[0]) < 0.2) & face_region
+    lips = (_ellipse(az, el, _MOUTH, (0.2, 0.06)) < 1) & face_region
+    face = face_region & ~eyes & ~nostrils
+
+    shade = (0.45 + 0.55 * facing**0.7)[..., None]
+    tex = 1 + 0.06 * _fourier_noise(q, p.seed + 2, 12, 30.0)[..., None]
+    head_skin = skin * shade * tex
+    img[on_head] = (np.asarray(p.hair, np.float32) * shade * (1 + 0.25 * _fourier_noise(
+        q * np.asarray([1, 8, 1], np.float32), p.seed + 3, 8, 25.0))[..., None])[on_head]
+    skin_px = (face_region | (ear & on_head))
+    img[skin_px] = head_skin[skin_px]
+    img[lips] = (head_skin * np.asarray([0.75, 0.55, 0.7], np.float32))[lips]
+
+    # Lesions and repigmentation islands (in canonical coordinates, so consistent across views).
+    alpha = np.zeros(X.shape, np.float32)
+    strength = np.zeros(X.shape, np.float32)
+    label = np.zeros(X.shape, bool)
+    for les in p.lesions:
+        scale = max(0.0, 1.0 - p.rate * les.response * visit)
+        radius = les.radius * scale
+        if radius < 0.01:
+            continue
+        d = np.arccos(np.clip(q @ _direction(les.azimuth, les.elevation).astype(np.float32), -1, 1))
+        near = on_head & (d < radius * (1.6 + les.roughness + les.border))
+        if not near.any():
+            continue
+        sd = np.zeros(X.shape, np.float32)
+        sd[near] = (radius * (1 + les.roughness * _fourier_noise(q[near], les.noise_seed, 8, 5.0 / max(radius, .05)))
+                    - d[near]) / radius
+        a = np.clip(0.5 + sd / les.border, 0, 1) * near
+        take = a * les.contrast > alpha * strength
+        alpha = np.where(take, a, alpha)
+        strength = np.where(take, les.contrast, strength)
+        label |= near & (sd > 0)
+    density = float(np.clip(p.islands + max(p.rate, 0) * 0.35 * visit, 0, 0.7))
+    cell = 0.045
+    ci, cj = np.floor(az / cell), np.floor(el / cell)
+    jit_i, jit_j = _hash01(ci, cj, p.seed + 11), _hash01(ci, cj, p.seed + 12)
+    dots = np.hypot(az - (ci + 0.25 + 0.5 * jit_i) * cell, el - (cj + 0.25 + 0.5 * jit_j) * cell)
+    island = (_hash01(ci, cj, p.seed + 13) < density) & (dots < cell * (0.18 + 0.25 * density))
+    alpha = np.where(island, alpha * 0.15, alpha)
+    label &= ~island
+    lesion_px = skin_px | (face_region & brows)
+    mix = (alpha * strength)[..., None] * lesion_px[..., None]
+    img = img * (1 - mix) + np.asarray(p.lesion_rgb, np.float32) * shade * (0.9 + 0.1 * tex) * mix
+    # Hair, eyes and nostrils are drawn over the skin.
+    img[brows] = np.asarray(p.hair, np.float32) * 1.2
+    img[eyes] = np.where((_ellipse(np.abs(az), el, _EYE, (0.05, 0.05)) < 1)[..., None], [25, 20, 45],
+                         [110, 115, 170])[eyes] * shade[eyes]
+    img[nostrils] = np.asarray([12, 8, 22], np.float32)
+    mouth = (np.abs(el - _MOUTH[1]) < 0.008) & (np.abs(az) < 0.17) & face_region
+    img[mouth] = img[mouth] * 0.4
+    # Specular highlights: forehead, nose tip, cheeks; view-dependent through the normal.
+    spec = np.zeros(X.shape, np.float32)
+    for (sa, se), sz in (((0.0, 0.45), 0.12), ((0.0, -0.2), 0.06), ((0.45, -0.12), 0.09), ((-0.45, -0.12), 0.09)):
+        jitter = rc.normal(0, 0.03, 2)
+        spec += rc.uniform(0.3, 1.0) * np.exp(-_ellipse(az, el, (sa + jitter[0], se + jitter[1]), (sz, sz * 0.7)))
+    spec *= p.highlight * facing**6 * on_head
+    img = img + (np.asarray([235, 238, 255], np.float32) - img) * np.clip(spec, 0, 0.95)[..., None]
+
+    vitiligo = label & face & ~brows
+    return img, face.astype(np.uint8), vitiligo.astype(np.uint8)
+
+
+def generate(seed: int, num_patients: int, visits: int = 3, size: tuple[int, int] = (384, 256),
+             views: tuple[str, ...] = VIEWS) -> Iterator[SyntheticImage]:
+    """Every (patient, visit, view) of a synthetic data set, in that order."""
+    for index in range(num_patients):
+        patient = make_patient(seed, index)
+        for visit in range(visits):
+            for view in views:
+                yield render(patient, visit, view, size)

@@ -1,0 +1,121 @@
+"""The TFDS side of vitijax: the stored features, and loading the builders in ``datasets/``.
+
+TensorFlow is neither installed nor imported: the builders write
+``array_record`` files and yield PNG *bytes*, and reading goes through
+``builder.as_data_source()`` (random access, numpy), which grain consumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+from vitijax.data.io import encode_png
+
+DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / "datasets"
+DEFAULT_DATA_DIR = os.path.join("data", "tfds")
+
+
+def features():
+    """The FeaturesDict both builders store (images as lossless PNG)."""
+    import tensorflow_datasets as tfds
+
+    img = lambda c: tfds.features.Image(shape=(None, None, c), encoding_format="png")  # noqa: E731
+    return tfds.features.FeaturesDict({
+        "image": img(3),  # the face crop, unmasked
+        "face_mask": img(1),  # {0, 1}
+        "vitiligo_mask": img(1),  # {0, 1}, inside the face only
+        "patient": tfds.features.Text(),
+        "visit": tfds.features.Scalar(np.int32),
+        "view": tfds.features.Text(),
+        "original_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),  # photo (h, w)
+        "crop_box": tfds.features.Tensor(shape=(4,), dtype=np.int32),  # x0, y0, x1, y1 in photo pixels
+        "face_box": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+        "source_file": tfds.features.Text(),
+        "source_sha256": tfds.features.Text(),
+        "face_pixels": tfds.features.Scalar(np.int64),  # at full resolution
+        "vitiligo_pixels": tfds.features.Scalar(np.int64),
+        "ratio": tfds.features.Scalar(np.float32),  # F-Vitiligo, percent, full resolution
+    })
+
+
+def encode(example: dict[str, Any]) -> dict[str, Any]:
+    """An example of :func:`vitijax.data.records.make_example`, ready for the builder to yield."""
+    out = dict(example)
+    for k in ("image", "face_mask", "vitiligo_mask"):
+        out[k] = encode_png(example[k])
+    return out
+
+
+def builder_class(name: str):
+    """The builder class defined in ``datasets/<name>/<name>_dataset_builder.py``.
+
+    ``datasets/`` is imported as the namespace package ``vitijax_datasets``
+    (not ``datasets``, which would clash with Hugging Face's package).
+    """
+    path = DATASETS_DIR / name / f"{name}_dataset_builder.py"
+    if not path.is_file():
+        known = sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir()) if DATASETS_DIR.is_dir() else []
+        raise ValueError(f"no TFDS builder {name!r} at {path}; known: {', '.join(known) or 'none'}")
+    if "vitijax_datasets" not in sys.modules:
+        package = types.ModuleType("vitijax_datasets")
+        package.__path__ = [str(DATASETS_DIR)]
+        package.__file__ = str(DATASETS_DIR / "__init__.py")  # TFDS locates resources from it
+        sys.modules["vitijax_datasets"] = package
+    return importlib.import_module(f"vitijax_datasets.{name}.{name}_dataset_builder").Builder
+
+
+def get_builder(name: str, *, data_dir: str = DEFAULT_DATA_DIR, config: Any = None, manual_dir: str | None = None):
+    """An instance of the named builder. ``config``: a config name or a BuilderConfig object."""
+    import tensorflow_datasets as tfds
+
+    cls = builder_class(name)
+    kwargs: dict[str, Any] = {"data_dir": data_dir, "file_format": "array_record"}
+    if config is not None:
+        kwargs["config"] = config
+    builder = cls(**kwargs)
+    builder._vitijax_manual_dir = manual_dir  # noqa: SLF001 - read back in download_and_prepare below
+    return builder if manual_dir is None else _with_manual_dir(builder, manual_dir, tfds)
+
+
+def _with_manual_dir(builder, manual_dir: str, tfds):
+    prepare = builder.download_and_prepare
+
+    def download_and_prepare(**kw):
+        kw.setdefault("download_config", tfds.download.DownloadConfig(manual_dir=manual_dir))
+        return prepare(**kw)
+
+    builder.download_and_prepare = download_and_prepare
+    return builder
+
+
+def is_prepared(builder) -> bool:
+    return builder.data_path.joinpath("dataset_info.json").exists()
+
+
+class DecodedSource:
+    """A TFDS data source whose text fields come back as ``str`` and masks as [h, w]."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex = dict(self._source[i])
+        for k in ("patient", "view", "source_file", "source_sha256"):
+            if isinstance(ex.get(k), bytes):
+                ex[k] = ex[k].decode()
+        for k in ("face_mask", "vitiligo_mask"):
+            ex[k] = np.asarray(ex[k])[..., 0]
+        return ex
+
+    def __repr__(self) -> str:
+        return f"DecodedSource({len(self)} examples)"

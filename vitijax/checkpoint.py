@@ -73,6 +73,18 @@ def load_model(directory: str | os.PathLike, *, expect: Mapping[str, Any] | None
     return dict(restored.variables), meta
 
 
+def resolve_model_dir(path: str | os.PathLike) -> str:
+    """A model checkpoint directory from ``path``: itself, or ``path/best`` for a training workdir."""
+    path = os.path.abspath(os.fspath(path))
+    best = os.path.join(path, "best")
+    if os.path.isdir(best):
+        return best
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        raise CheckpointError(f"{path}: a training workdir without best/ (no validation ran yet); "
+                              "evaluate a model checkpoint (its best/, or launch.convert / launch.export output)")
+    return path
+
+
 def check_meta(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -> None:
     """Raises ``CheckpointError`` naming every field where ``meta`` differs from ``expect``."""
     diffs = [f"{k}: checkpoint has {meta.get(k)!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]

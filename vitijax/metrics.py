@@ -1,9 +1,16 @@
-"""Confusion counts and segmentation scores; F-Vitiligo.
+"""Confusion counts and segmentation scores; F-Vitiligo; the three ways of averaging.
 
 Evaluators return *sums* (per-image confusion counts); the host adds them up
 and divides once, so no average of per-batch means ever enters a figure.
 Conventions: the positive class is vitiligo (label 1). Counts are taken inside
 a region (the face mask, as the paper's ratio) or over the whole crop.
+
+Averaging (every figure says which):
+  * pooled: counts summed over all pixels of all images, then one division;
+  * per image: the score of each image, averaged over images where it is
+    defined (an image with no lesion and no predicted lesion has no Dice);
+  * per patient: counts pooled within each patient, scored, averaged over patients.
+mIoU is the mean of the lesion IoU and the non-lesion IoU over the same region.
 """
 
 from __future__ import annotations
@@ -59,6 +66,45 @@ def scores(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
 def f_vitiligo(vitiligo_pixels, face_pixels) -> float:
     """F-Vitiligo in percent: 100 * vitiligo / face; NaN (undefined) for an empty face mask."""
     return 100.0 * float(vitiligo_pixels) / float(face_pixels) if face_pixels else float("nan")
+
+
+METRICS = ("dice", "iou", "miou", "precision", "recall")
+
+
+def per_image_scores(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of each image from counts [n, 4]; NaN where undefined."""
+    return {k: np.array([scores(*c)[k] for c in np.asarray(counts, np.int64)], np.float64)
+            for k in (*METRICS, "iou_background")}
+
+
+def averaged(counts: np.ndarray, patients: np.ndarray) -> dict[str, dict[str, float]]:
+    """{'pooled', 'per_image', 'per_patient'} -> {metric: value} from counts [n, 4] and patient ids [n]."""
+    counts = np.asarray(counts, np.int64)
+    patients = np.asarray(patients)
+    per_img = per_image_scores(counts)
+    by_patient = np.stack([counts[patients == p].sum(0) for p in np.unique(patients)]) if len(counts) else counts
+    per_pat = per_image_scores(by_patient)
+    mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
+    return {"pooled": {k: v for k, v in scores(*counts.sum(0)).items() if k in METRICS},
+            "per_image": {k: mean(per_img[k]) for k in METRICS},
+            "per_patient": {k: mean(per_pat[k]) for k in METRICS}}
+
+
+def patient_bootstrap(counts: np.ndarray, patients: np.ndarray, *, samples: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile confidence intervals of the pooled scores, resampling *patients* with replacement."""
+    counts = np.asarray(counts, np.int64)
+    ids = np.unique(patients)
+    per_patient = np.stack([counts[np.asarray(patients) == p].sum(0) for p in ids])
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in METRICS}
+    for _ in range(samples):
+        total = per_patient[rng.integers(0, len(ids), len(ids))].sum(0)
+        sc = scores(*total)
+        for k in METRICS:
+            draws[k].append(sc[k])
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for k, v in draws.items()}
 
 
 def summarize(per_image_counts: np.ndarray, ratio_pred: np.ndarray, ratio_true: np.ndarray) -> Mapping[str, float]:

@@ -28,14 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitijax import compile_cache, metrics, sharding
+from vitijax import compile_cache, sharding
+from vitijax import evaluate as evaluation
 from vitijax.checkpoint import TrainCheckpoints, load_model, save_model
-from vitijax.data.pipeline import PipelineConfig, eval_batches, train_loader
+from vitijax.data.pipeline import PipelineConfig, train_loader
 from vitijax.data.sources import load_splits
 from vitijax.models.ddrnet import DDRNet
 from vitijax.losses import ddrnet_loss
 from vitijax.optim import make_optimizer
-from vitijax.resize import resize_bilinear
 from vitijax.run_log import MetricWriter, Progress
 
 
@@ -97,66 +97,25 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRN
     return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), out
 
 
-def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> dict[str, jax.Array]:
-    """Per-image confusion counts of the main head's argmax at label size.
-
-    Returns 'face' [b, 4] (inside the face mask) and 'crop' [b, 4] (whole crop)
-    counts (tp, fp, fn, tn), and 'valid' [b].
-    """
-    out = model.apply(variables, batch["image"], train=False)
-    main = out[0] if isinstance(out, tuple) else out
-    logits = resize_bilinear(main, batch["label"].shape[1:3])
-    pred = jnp.argmax(logits, axis=-1)
-    return {"face": metrics.confusion_counts(pred, batch["label"], batch["face"]),
-            "crop": metrics.confusion_counts(pred, batch["label"]), "valid": batch["valid"]}
-
-
 def compile_steps(model, tx, loss_cfg, schedule, mesh):
     """(jitted train step with the state donated, jitted eval step), sharded over ``mesh``."""
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule),
                    in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
-    ev = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, bat), out_shardings=rep)
-    return step, ev
+    return step, evaluation.compile_eval_step(model, mesh)
 
 
 # ----------------------------------------------------------------------------
-# Evaluation
+# Evaluation (the evaluator itself is vitijax.evaluate)
 # ----------------------------------------------------------------------------
 
-def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
-             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Scores ``source`` once, every example exactly once; returns (summary, per-image rows).
-
-    The summary pools counts over all pixels (region: face mask, and whole
-    crop with a ``crop_`` prefix) and gives the mean absolute F-Vitiligo error.
-    """
-    local = global_batch // jax.process_count()
-    rows: list[dict[str, Any]] = []
-    face_counts, crop_counts = [], []
-    for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
-                              shard_count=jax.process_count(), keys=("patient", "visit", "view")):
-        arrays = {k: batch[k] for k in ("image", "label", "face", "valid")}
-        out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
-        valid = out["valid"].astype(bool)
-        face_counts.append(out["face"][valid])
-        crop_counts.append(out["crop"][valid])
-        # Per-image identifiers are known on the host that read them (process 0's rows suffice for logs).
-        for j in range(local):
-            if batch["valid"][j]:
-                tp, fp, fn, tn = (int(v) for v in out["face"][jax.process_index() * local + j])
-                rows.append({"index": int(batch["index"][j]), "patient": batch["patient"][j],
-                             "visit": batch["visit"][j], "view": batch["view"][j], "tp": tp, "fp": fp, "fn": fn,
-                             "tn": tn, "ratio_pred": metrics.f_vitiligo(tp + fp, tp + fp + fn + tn),
-                             "ratio_true": metrics.f_vitiligo(tp + fn, tp + fp + fn + tn)})
-    face = np.concatenate(face_counts) if face_counts else np.zeros((0, 4), np.int64)
-    crop = np.concatenate(crop_counts) if crop_counts else np.zeros((0, 4), np.int64)
-    tot = face.sum(1)
-    ratio_pred = np.where(tot > 0, 100.0 * (face[:, 0] + face[:, 1]) / np.maximum(tot, 1), np.nan)
-    ratio_true = np.where(tot > 0, 100.0 * (face[:, 0] + face[:, 2]) / np.maximum(tot, 1), np.nan)
-    summary = dict(metrics.summarize(face, ratio_pred, ratio_true))
-    summary.update({f"crop_{k}": v for k, v in metrics.scores(*crop.sum(0)).items()})
-    return summary, rows
+def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh) -> tuple[dict[str, float], list[dict]]:
+    """(flat summary for logs: face-region pooled scores, crop_ scores, ratio_mae; per-image rows)."""
+    rows, _ = evaluation.evaluate(ev_step, variables, source, pcfg, global_batch, mesh)
+    s = evaluation.summarize(rows)
+    flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
+            "ratio_mae": s["ratio"]["mae"], "images": s["images"]}
+    return flat, rows
 
 
 # ----------------------------------------------------------------------------
@@ -229,6 +188,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     model = make_model(config.model)
     tx, schedule = make_optimizer(config.optimizer, total_steps)
     meta = model_meta(config.model)
+    # What a model needs besides its weights to be applied: stored with the best model.
+    input_meta = {"size": list(pcfg.input_size), "mask_input": pcfg.mask_input, "label": pcfg.label}
     state = create_train_state(model, tx, pcfg.input_size, int(config.seed), mesh)
     ckpts = TrainCheckpoints(workdir, keep=int(config.get("keep_checkpoints", 3)))
     start = ckpts.latest_step()
@@ -285,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     progress.print(done, {k: values[k] for k in ("loss", "grad_norm", "lr")})
             if done % eval_every == 0 or done == total_steps:
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
-                summary, _ = evaluate(ev_fn, variables, eval_src, pcfg, gbs, mesh)
+                summary, _ = evaluate_split(ev_fn, variables, eval_src, pcfg, gbs, mesh)
                 writer.write(done, "validation", summary)
                 _print_summary(f"validation at step {done}", summary)
                 if math.isfinite(summary["dice"]) and summary["dice"] > best:
@@ -298,7 +259,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
         # --- Final evaluation on held-out patients ---------------------------
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        summary, rows = evaluate(ev_fn, variables, test_src, pcfg, gbs, mesh)
+        summary, rows = evaluate_split(ev_fn, variables, test_src, pcfg, gbs, mesh)
         writer.write(total_steps, "test", summary)
         _print_summary(f"test ({d.test_split}, held-out patients)", summary)
         result = {"step": total_steps, "test": summary, "best_validation_dice": best}

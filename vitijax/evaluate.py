@@ -1,0 +1,151 @@
+"""The jitted batch evaluator, shared by training's validation and ``launch.evaluate``.
+
+One jitted function per batch returns per-image confusion counts (inside the
+face mask, and over the whole crop) and, on request, the predicted masks.
+Batches are padded with a ``valid`` flag and sharded over the device mesh;
+the host sums counts once. Every example is counted exactly once and one
+compilation serves every batch (the input size is fixed).
+
+Resolution: the network sees the crop resized to ``input_size``; its logits
+(1/8) are upsampled bilinearly to the label size, which is the input size, and
+the masks are resized to it with nearest neighbours. Ratios here are at that
+resolution; ``ratio_true_full`` carries the full-photo truth where the data
+set stores it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitijax import metrics, sharding
+from vitijax.data.pipeline import PipelineConfig, eval_batches
+from vitijax.models.ddrnet import DDRNet
+from vitijax.report.agreement import agreement
+from vitijax.resize import resize_bilinear
+
+ID_KEYS = ("patient", "visit", "view", "source_file", "ratio")
+
+
+def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> dict[str, jax.Array]:
+    """Per-image counts of the main head's argmax at label size.
+
+    Returns 'face' and 'crop' counts [b, 4] (tp, fp, fn, tn), 'pred' [b, h, w]
+    uint8, and the batch's 'valid' [b] and 'index' [b] (its source positions).
+    """
+    out = model.apply(variables, batch["image"], train=False)
+    main = out[0] if isinstance(out, tuple) else out
+    pred = jnp.argmax(resize_bilinear(main, batch["label"].shape[1:3]), axis=-1)
+    return {"face": metrics.confusion_counts(pred, batch["label"], batch["face"]),
+            "crop": metrics.confusion_counts(pred, batch["label"]), "pred": pred.astype(jnp.uint8),
+            "valid": batch["valid"], "index": batch["index"]}
+
+
+def compile_eval_step(model: DDRNet, mesh):
+    rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, bat), out_shardings=rep)
+
+
+def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
+             *, keep_predictions: bool = False) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    """Runs the model over ``source`` once; returns (per-image rows, {index: predicted mask}).
+
+    Rows (this host's examples) hold the identifiers, counts in the face
+    region (tp, fp, fn, tn) and over the crop (crop_tp ...), per-image scores
+    and the predicted and true F-Vitiligo (percent). Predictions are kept only
+    with ``keep_predictions`` (for overlays).
+    """
+    local = global_batch // jax.process_count()
+    rows: list[dict[str, Any]] = []
+    preds: dict[int, np.ndarray] = {}
+    for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
+                              shard_count=jax.process_count(), keys=ID_KEYS):
+        arrays = {k: batch[k] for k in ("image", "label", "face", "valid")}
+        arrays["index"] = batch["index"].astype(np.int32)
+        # Outputs are replicated: every host sees the counts of the whole global batch, so every
+        # host builds the same rows (identifiers of other hosts' examples are read from the source).
+        out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
+        mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
+        for g in np.flatnonzero(out["valid"]):
+            index = int(out["index"][g])
+            if index in mine:
+                ids = {k: _plain(batch[k][mine[index]]) for k in ID_KEYS}
+            else:
+                ex = source[index]
+                ids = {k: _plain(ex.get(k)) for k in ID_KEYS}
+            tp, fp, fn, tn = (int(v) for v in out["face"][g])
+            ctp, cfp, cfn, ctn = (int(v) for v in out["crop"][g])
+            face_px = tp + fp + fn + tn
+            row = {"index": index, **{k: ids[k] for k in ID_KEYS if k != "ratio"},
+                   "tp": tp, "fp": fp, "fn": fn, "tn": tn, "crop_tp": ctp, "crop_fp": cfp, "crop_fn": cfn,
+                   "crop_tn": ctn,
+                   **{k: v for k, v in metrics.scores(tp, fp, fn, tn).items() if k in metrics.METRICS},
+                   "ratio_pred": metrics.f_vitiligo(tp + fp, face_px),
+                   "ratio_true": metrics.f_vitiligo(tp + fn, face_px),
+                   "ratio_true_full": float(ids["ratio"]) if ids["ratio"] is not None else float("nan")}
+            rows.append(row)
+            if keep_predictions:
+                preds[index] = out["pred"][g]
+    rows.sort(key=lambda r: r["index"])
+    return rows, preds
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Every figure of an evaluation from per-image rows: scores three ways, ratio errors, agreement.
+
+    Scores are fractions (not percent). With ``bootstrap`` > 0, patient-level
+    95 % intervals of the pooled scores.
+    """
+    if not rows:
+        return {"images": 0}
+    counts = np.array([[r["tp"], r["fp"], r["fn"], r["tn"]] for r in rows], np.int64)
+    crop = np.array([[r.get("crop_tp", 0), r.get("crop_fp", 0), r.get("crop_fn", 0), r.get("crop_tn", 0)]
+                     for r in rows], np.int64)
+    patients = np.array([str(r.get("patient", "")) for r in rows])
+    pred = np.array([r["ratio_pred"] for r in rows], np.float64)
+    true = np.array([r["ratio_true"] for r in rows], np.float64)
+    err = pred - true
+    ok = np.isfinite(err)
+    out: dict[str, Any] = {
+        "images": len(rows), "patients": int(len(np.unique(patients))),
+        "face": metrics.averaged(counts, patients),
+        "crop": metrics.averaged(crop, patients),
+        "ratio": {"mae": float(np.abs(err[ok]).mean()) if ok.any() else float("nan"),
+                  "mean_signed_error": float(err[ok].mean()) if ok.any() else float("nan"),
+                  "undefined": int((~ok).sum())},
+        "agreement": agreement(pred, true),
+    }
+    views = sorted({str(r.get("view", "")) for r in rows})
+    out["ratio"]["mae_by_view"] = {v: float(np.nanmean(np.abs(err[[str(r.get("view", "")) == v for r in rows]])))
+                                   for v in views if np.isfinite(err[[str(r.get("view", "")) == v for r in rows]]).any()}
+    if bootstrap:
+        out["face"]["pooled_ci95"] = metrics.patient_bootstrap(counts, patients, samples=bootstrap, seed=seed)
+    return out
+
+
+def per_patient(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per patient: pooled counts and scores, mean true and predicted ratio, mean abs. error."""
+    out = []
+    for pid in sorted({str(r["patient"]) for r in rows}):
+        rs = [r for r in rows if str(r["patient"]) == pid]
+        c = np.array([[r["tp"], r["fp"], r["fn"], r["tn"]] for r in rs], np.int64).sum(0)
+        err = np.array([r["ratio_pred"] - r["ratio_true"] for r in rs], np.float64)
+        out.append({"patient": pid, "images": len(rs), "tp": int(c[0]), "fp": int(c[1]), "fn": int(c[2]),
+                    "tn": int(c[3]),
+                    **{k: v for k, v in metrics.scores(*c).items() if k in metrics.METRICS},
+                    "ratio_pred_mean": float(np.nanmean([r["ratio_pred"] for r in rs])),
+                    "ratio_true_mean": float(np.nanmean([r["ratio_true"] for r in rs])),
+                    "ratio_mae": float(np.nanmean(np.abs(err))) if np.isfinite(err).any() else float("nan")})
+    return out

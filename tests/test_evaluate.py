@@ -145,6 +145,9 @@ def test_masks_on_disk_mode_writes_the_report_and_names_problems(tmp_path, capsy
     r = by_rel[("P<2>", "left")]
     assert float(r["dice"]) == pytest.approx(f1_score(t[f == 1], p[f == 1]))
     assert int(r["tp"]) == int(((p == 1) & (t == 1) & (f == 1)).sum())
+    assert float(r["ratio_error"]) == pytest.approx(float(r["ratio_pred"]) - float(r["ratio_true"]), abs=1e-9)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["ratio"]["by_view"]) == {"left", "front", "right"} and m["images"] == 5
     html = (out / "index.html").read_text()
     assert "P&lt;2&gt;" in html and "P<2>" not in html  # names from the input are escaped
     assert len(os.listdir(out / "overlays")) == 5 and len(os.listdir(out / "patients")) == 2

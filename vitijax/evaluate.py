@@ -87,11 +87,19 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
                    "ratio_pred": metrics.f_vitiligo(tp + fp, face_px),
                    "ratio_true": metrics.f_vitiligo(tp + fn, face_px),
                    "ratio_true_full": float(ids["ratio"]) if ids["ratio"] is not None else float("nan")}
+            add_ratio_errors(row)
             rows.append(row)
             if keep_predictions:
                 preds[index] = out["pred"][g]
     rows.sort(key=lambda r: r["index"])
     return rows, preds
+
+
+def add_ratio_errors(row: dict[str, Any]) -> dict[str, Any]:
+    """Adds the signed (predicted - true) and absolute F-Vitiligo errors, percentage points."""
+    row["ratio_error"] = row["ratio_pred"] - row["ratio_true"]
+    row["ratio_abs_error"] = abs(row["ratio_error"])
+    return row
 
 
 def _plain(v):
@@ -127,9 +135,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 0, seed: in
                   "undefined": int((~ok).sum())},
         "agreement": agreement(pred, true),
     }
-    views = sorted({str(r.get("view", "")) for r in rows})
-    out["ratio"]["mae_by_view"] = {v: float(np.nanmean(np.abs(err[[str(r.get("view", "")) == v for r in rows]])))
-                                   for v in views if np.isfinite(err[[str(r.get("view", "")) == v for r in rows]]).any()}
+    view_of = np.array([str(r.get("view", "")) for r in rows])
+    out["ratio"]["by_view"] = {
+        v: {"mae": float(np.nanmean(np.abs(err[view_of == v]))), "mean_signed_error": float(np.nanmean(err[view_of == v])),
+            "images": int((view_of == v).sum())}
+        for v in sorted(set(view_of)) if np.isfinite(err[view_of == v]).any()}
     if bootstrap:
         out["face"]["pooled_ci95"] = metrics.patient_bootstrap(counts, patients, samples=bootstrap, seed=seed)
     return out
@@ -147,5 +157,6 @@ def per_patient(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     **{k: v for k, v in metrics.scores(*c).items() if k in metrics.METRICS},
                     "ratio_pred_mean": float(np.nanmean([r["ratio_pred"] for r in rs])),
                     "ratio_true_mean": float(np.nanmean([r["ratio_true"] for r in rs])),
-                    "ratio_mae": float(np.nanmean(np.abs(err))) if np.isfinite(err).any() else float("nan")})
+                    "ratio_mae": float(np.nanmean(np.abs(err))) if np.isfinite(err).any() else float("nan"),
+                    "ratio_mean_signed_error": float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")})
     return out

@@ -22,7 +22,8 @@ from vitijax.report import figures, html as html_report
 from vitijax.report.overlay import GREEN, YELLOW, agreement, grid, outlines
 
 PER_IMAGE_COLUMNS = ("index", "patient", "visit", "view", "source_file", "tp", "fp", "fn", "tn", "dice", "iou",
-                     "precision", "recall", "ratio_pred", "ratio_true", "ratio_true_full",
+                     "precision", "recall", "ratio_pred", "ratio_true", "ratio_error", "ratio_abs_error",
+                     "ratio_true_full",
                      "crop_tp", "crop_fp", "crop_fn", "crop_tn")
 
 
@@ -66,7 +67,8 @@ def write_report(out: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
     _csv(paths["per_image"], rows, PER_IMAGE_COLUMNS)
     pp = per_patient(rows)
     _csv(paths["per_patient"], pp, ("patient", "images", "tp", "fp", "fn", "tn", "dice", "iou", "precision",
-                                    "recall", "ratio_true_mean", "ratio_pred_mean", "ratio_mae"))
+                                    "recall", "ratio_true_mean", "ratio_pred_mean", "ratio_mae",
+                                    "ratio_mean_signed_error"))
     with open(paths["table1"], "w") as f:
         f.write(html_report.table1_markdown(summary))
     figures.bland_altman_plot([r["ratio_pred"] for r in rows], [r["ratio_true"] for r in rows],

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from vitijax import compile_cache
-    from vitijax.checkpoint import CheckpointError, load_model, save_model
+    from vitijax.checkpoint import CheckpointError, load_model, resolve_model_dir, save_model
     from vitijax.convert import CheckpointMismatch, ddrnet_state_dict_from_variables, \
         ddrnet_variables_from_torch, save_state_dict
     from vitijax.models.ddrnet import count_params
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.out.lower().endswith(STATE_DICT_EXTS):
                 p.error(f"--out {args.out}: exporting needs a file ending in one of {', '.join(STATE_DICT_EXTS)}")
             expect = {"variant": args.variant} if args.variant else None
-            variables, meta = load_model(args.src, expect=expect)
+            variables, meta = load_model(resolve_model_dir(args.src), expect=expect)
             sd = ddrnet_state_dict_from_variables(variables, meta["variant"])
             save_state_dict(sd, args.out)
             print(f"wrote {len(sd)} tensors of DDRNet-{meta['variant']} ({meta['num_classes']} classes) to {args.out}")

@@ -10,7 +10,7 @@ Masks on disk, e.g. a second rater or another tool (PNG masks matched by relativ
         [--photos photos/] --out eval_rater2/
 
 ``--checkpoint`` takes a training workdir (its best/ model) or a model checkpoint
-(launch.convert / launch.export output). ``--data NAME[:CONFIG][/SPLIT]``; the
+(e.g. launch.convert output). ``--data NAME[:CONFIG][/SPLIT]``; the
 split defaults to test. Writes metrics.json, per_image.csv, per_patient.csv,
 table1.md, overlays/, patients/, bland_altman.png and index.html in --out.
 """

@@ -16,9 +16,7 @@ from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_sco
 from launch import build_dataset
 from launch import evaluate as evaluate_cli
 from vitijax import metrics
-from vitijax.checkpoint import save_model
 from vitijax.evaluate import summarize
-from vitijax.models.ddrnet import DDRNet, init_variables
 from vitijax.report import agreement
 
 
@@ -157,12 +155,14 @@ def test_masks_on_disk_mode_writes_the_report_and_names_problems(tmp_path, capsy
 def test_model_mode_on_a_built_data_set(tmp_path, capsys):
     assert build_dataset.main(["--name", "synthetic_uv_vitiligo", "--config", "tiny", "--data-dir",
                                str(tmp_path / "tfds")]) == 0
-    model = DDRNet("23-tiny", 2, True)
-    variables = jax.device_get(init_variables(model, jax.random.key(0)))
-    save_model(tmp_path / "model", variables, {"model": "ddrnet", "variant": "23-tiny", "num_classes": 2,
-                                               "aux_head": True, "input": {"size": [64, 64], "mask_input": True,
-                                                                           "label": "vitiligo"}})
-    rc = evaluate_cli.main(["--checkpoint", str(tmp_path / "model"), "--data", "synthetic_uv_vitiligo:tiny/test",
+    # The model comes from the trainer, so its best/ holds what the evaluator needs (input size 64).
+    from launch.configs.test import get_config
+    from vitijax.train import train_and_evaluate
+
+    c = get_config()
+    c.num_steps, c.eval_every, c.checkpoint_every = 1, 1, 1
+    train_and_evaluate(c, str(tmp_path / "run"))
+    rc = evaluate_cli.main(["--checkpoint", str(tmp_path / "run"), "--data", "synthetic_uv_vitiligo:tiny/test",
                             "--data-dir", str(tmp_path / "tfds"), "--bootstrap", "20", "--out", str(tmp_path / "ev")])
     assert rc == 0
     out = capsys.readouterr().out
@@ -172,9 +172,11 @@ def test_model_mode_on_a_built_data_set(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "ev" / "per_image.csv")))
     assert sorted(int(r["index"]) for r in rows) == list(range(6))  # every image exactly once
     assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) > 0 for r in rows)
+    assert all(int(r["crop_tp"]) + int(r["crop_fp"]) + int(r["crop_fn"]) + int(r["crop_tn"]) == 64 * 64 for r in rows)
     assert len(os.listdir(tmp_path / "ev" / "overlays")) == 6
     ov = np.asarray(Image.open(tmp_path / "ev" / "overlays" / sorted(os.listdir(tmp_path / "ev" / "overlays"))[0]))
     assert ov.shape[0] == 256 + 6 and ov.shape[1] > 4 * 256  # four panels: photo | pred | expert | agreement
+
     wrong = evaluate_cli.main(["--checkpoint", str(tmp_path / "nope"), "--data", "synthetic_uv_vitiligo:tiny/test",
                                "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "ev2")])
     assert wrong == 2 and "no such checkpoint directory" in capsys.readouterr().err

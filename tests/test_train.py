@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import json
 import textwrap
 import time
 
@@ -87,26 +88,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_to_identical_params(tmp_path):
+def _two_processes(tmp_path, steps, tag):
     port = _free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.train_run", str(tmp_path / "wd"), str(tmp_path / f"p{i}.npz"),
-         "--steps", "4", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        [sys.executable, "-m", "tests.helpers.train_run", str(tmp_path / "wd"), str(tmp_path / f"{tag}{i}.npz"),
+         "--steps", str(steps), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
-    assert "process 0 of 2" in outs[0] or "2 device(s)" in outs[0]
-    a, b = load_params(tmp_path / "p0.npz"), load_params(tmp_path / "p1.npz")
+    a, b = load_params(tmp_path / f"{tag}0.npz"), load_params(tmp_path / f"{tag}1.npz")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    return outs
+
+
+def test_two_processes_train_and_resume_to_identical_params(tmp_path):
+    outs = _two_processes(tmp_path, 4, "p")
+    assert "on 2 device(s)" in outs[0]  # one global mesh over both processes' CPUs
     assert (tmp_path / "wd" / "checkpoints" / "4").is_dir()
+    # Both processes resume from the one checkpoint, each at its own data position.
+    outs = _two_processes(tmp_path, 6, "r")
+    assert all("resumed from" in o for o in outs[:1])
+    assert (tmp_path / "wd" / "checkpoints" / "6").is_dir()
 
 
 def test_killed_run_resumes_to_the_same_params(tmp_path):
     """SIGKILL mid-training, restart with the same workdir: bitwise the params of an uninterrupted run."""
-    args = ["--steps", "8", "--ckpt-every", "2"]
+    args = ["--steps", "8", "--ckpt-every", "2", "--eval-every", "3"]
     full = run_python(["-m", "tests.helpers.train_run", str(tmp_path / "full"), str(tmp_path / "full.npz"), *args])
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -129,6 +139,13 @@ def test_killed_run_resumes_to_the_same_params(tmp_path):
     a, b = load_params(tmp_path / "full.npz"), load_params(tmp_path / "resumed.npz")
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    import json
+
+    full_m = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
+    res_m = json.loads((wd / "final_metrics.json").read_text())
+    assert res_m["best_validation_dice"] == full_m["best_validation_dice"] > 0  # the best survives the kill
+    steps = [json.loads(line)["step"] for line in open(wd / "metrics.jsonl") if '"train"' in line]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
 
 
 def _quiet_config(**overrides):
@@ -140,7 +157,9 @@ def _quiet_config(**overrides):
 
 
 def test_run_writes_what_a_user_opens(tmp_path, capsys):
-    result = train_and_evaluate(_quiet_config(), str(tmp_path))
+    c = _quiet_config()
+    c.eval_every = 2
+    result = train_and_evaluate(c, str(tmp_path))
     out = capsys.readouterr()
     text = out.out + out.err
     assert "img/s" in text and "ETA" in text and "Dice" in text
@@ -149,6 +168,10 @@ def test_run_writes_what_a_user_opens(tmp_path, capsys):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
     assert 0.0 <= result["test"]["dice"] <= 1.0 and result["test"]["images"] == 3
+    from vitijax.checkpoint import load_model
+
+    _, meta = load_model(tmp_path / "best")  # what evaluate/analyze need to apply the model
+    assert meta["input"] == {"size": [64, 64], "mask_input": True, "label": "vitiligo"} and meta["step"] == 2
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -193,6 +216,25 @@ def test_bfloat16_compute_trains_with_float32_params(tmp_path):
     state = train_and_evaluate(c, str(tmp_path))["state"]
     assert {a.dtype for a in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(state.params))
+
+
+def test_save_model_refuses_to_overwrite_a_step(tmp_path):
+    v = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}
+    m = {"model": "ddrnet", "variant": "23-tiny", "num_classes": 2, "aux_head": True}
+    save_model(tmp_path / "m", v, m)
+    with pytest.raises(CheckpointError, match="already holds a checkpoint at step 0"):
+        save_model(tmp_path / "m", {"params": {"w": np.zeros(3, np.float32)}, "batch_stats": {}}, m)
+
+
+def test_face_mask_network_is_scored_over_the_whole_crop(tmp_path):
+    """Its label is the face mask; counting inside the face mask would leave no false positives."""
+    c = _quiet_config()
+    c.input.label, c.input.mask_input = "face", False
+    c.num_steps = 1
+    result = train_and_evaluate(c, str(tmp_path))
+    rows = json.loads((tmp_path / "final_metrics.json").read_text())["per_image"]
+    assert all(r["tp"] + r["fp"] + r["fn"] + r["tn"] == 64 * 64 for r in rows)
+    assert result["test"]["images"] == 3
 
 
 def test_schedules_and_weight_decay_mask():

@@ -43,8 +43,14 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta:
     variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep)
     with ocp.CheckpointManager(directory, options=options) as mngr:
-        mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                                meta=ocp.args.JsonSave(meta)))
+        latest = mngr.latest_step()
+        # orbax skips (returns False) a step at or before the latest: never report a write that did not happen.
+        if latest is not None and step <= latest:
+            raise CheckpointError(f"{directory} already holds a checkpoint at step {latest}; "
+                                  "choose another directory or remove it")
+        if not mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                                       meta=ocp.args.JsonSave(meta))):
+            raise CheckpointError(f"{directory}: orbax did not write step {step}")
         mngr.wait_until_finished()
     return directory
 
@@ -81,7 +87,7 @@ def resolve_model_dir(path: str | os.PathLike) -> str:
         return best
     if os.path.isdir(os.path.join(path, "checkpoints")):
         raise CheckpointError(f"{path}: a training workdir without best/ (no validation ran yet); "
-                              "evaluate a model checkpoint (its best/, or launch.convert / launch.export output)")
+                              "use a model checkpoint (its best/, or launch.convert output)")
     return path
 
 
@@ -90,6 +96,20 @@ def check_meta(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -
     diffs = [f"{k}: checkpoint has {meta.get(k)!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
     if diffs:
         raise CheckpointError(f"{where}: checkpoint of another model ({'; '.join(diffs)})")
+
+
+def _gather_strings(text: str) -> list[str]:
+    """Every process's ``text``, in process order (a collective when there are several processes)."""
+    if jax.process_count() == 1:
+        return [text]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(text.encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:raw.size] = raw
+    everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [bytes(everyone[i, :n]).decode() for i, n in enumerate(lengths)]
 
 
 class TrainCheckpoints:
@@ -112,7 +132,9 @@ class TrainCheckpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_state: bytes | None, meta: Mapping[str, Any]) -> None:
-        data = {"iterator": data_state.decode() if data_state is not None else None}
+        """Saves ``state`` and every process's ``data_state`` (orbax's JSON is written by process 0 only,
+        so the positions of all hosts are gathered into it)."""
+        data = {"iterators": _gather_strings(data_state.decode() if data_state is not None else "")}
         meta = {**dict(meta), "vitijax_version": vitijax.__version__}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         data=ocp.args.JsonSave(data),
@@ -125,8 +147,12 @@ class TrainCheckpoints:
         check_meta(meta, expect, where)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        it = restored.data.get("iterator")
-        return restored.state, (it.encode() if it is not None else None)
+        its = restored.data.get("iterators") or []
+        if len(its) != jax.process_count():
+            raise CheckpointError(f"{where}: saved by {len(its)} process(es), resumed with {jax.process_count()}; "
+                                  "resume with the same number of hosts")
+        it = its[jax.process_index()]
+        return restored.state, (it.encode() if it else None)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -54,10 +54,12 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
              *, keep_predictions: bool = False) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     """Runs the model over ``source`` once; returns (per-image rows, {index: predicted mask}).
 
-    Rows (this host's examples) hold the identifiers, counts in the face
-    region (tp, fp, fn, tn) and over the crop (crop_tp ...), per-image scores
-    and the predicted and true F-Vitiligo (percent). Predictions are kept only
-    with ``keep_predictions`` (for overlays).
+    Every process gets the rows of *all* examples (counts come back
+    replicated; identifiers of another host's examples are read from the
+    source). Rows hold the identifiers, counts in the face region (tp, fp, fn,
+    tn; the whole crop for the face-mask network) and over the crop
+    (crop_tp ...), per-image scores and the predicted and true F-Vitiligo
+    (percent). Predictions are kept only with ``keep_predictions`` (overlays).
     """
     local = global_batch // jax.process_count()
     rows: list[dict[str, Any]] = []
@@ -66,6 +68,10 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
                               shard_count=jax.process_count(), keys=ID_KEYS):
         arrays = {k: batch[k] for k in ("image", "label", "face", "valid")}
         arrays["index"] = batch["index"].astype(np.int32)
+        if pcfg.label == "face":
+            # The face-mask network's label *is* the face mask: counting inside it would make every
+            # prediction precise. Its region is the whole crop.
+            arrays["face"] = np.ones_like(arrays["face"])
         # Outputs are replicated: every host sees the counts of the whole global batch, so every
         # host builds the same rows (identifiers of other hosts' examples are read from the source).
         out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))

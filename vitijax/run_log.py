@@ -61,17 +61,26 @@ class Progress:
 class MetricWriter:
     """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard ``<workdir>/tensorboard/``."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+        """With ``resume_step``, rows logged after that step by the interrupted run are dropped."""
         self.enabled = enabled
         self._tb = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        path = os.path.join(workdir, "metrics.jsonl")
+        if resume_step is not None and os.path.isfile(path):
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            with open(path, "w") as f:
+                f.writelines(kept)
+        self._jsonl = open(path, "a", buffering=1)
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # purge_step: TensorBoard discards the interrupted run's events after the resume step.
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
             self._tb = None
 

@@ -29,7 +29,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     ``cpu_collectives`` selects gloo so that CPU processes can form a cluster
     (used by the tests on localhost).
     """
-    env_cluster = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+    # A single SLURM/MPI task (e.g. srun -n1 with 4 GPUs) is not a cluster: initialising would limit it to
+    # one local GPU. Run one task per host (all its GPUs) or one per GPU to go multi-process.
+    env_cluster = "JAX_COORDINATOR_ADDRESS" in os.environ or any(
+        int(os.environ.get(k, "1")) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
     if coordinator_address is None and num_processes is None and not env_cluster:
         return
     if cpu_collectives:

@@ -2,8 +2,8 @@
 
 ``train_and_evaluate(config, workdir)`` is the whole run; ``launch/train.py``
 only parses flags. One readable loop, in the manner of big_vision's trainer:
-shapes from ``jax.eval_shape`` before allocation, a jitted step with the state
-donated, the loss checked for NaN/Inf before anything is saved, evaluation
+a resumed state restored into shapes from ``jax.eval_shape`` (nothing allocated
+twice), a jitted step with the state donated, the loss checked for NaN/Inf before anything is saved, evaluation
 that returns sums which the host divides once.
 
 Data parallelism: ``jax.jit`` over a 1-D ``data`` mesh; the state is
@@ -67,16 +67,27 @@ def model_meta(model_cfg) -> dict[str, Any]:
             "aux_head": bool(model_cfg.aux_head)}
 
 
-def create_train_state(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int],
-                       seed: int, mesh) -> TrainState:
-    """A fresh state, initialised directly into replicated placement on ``mesh``."""
+def _state_init(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int]):
     def init(rng):
         variables = model.init(rng, jnp.zeros((1, *input_hw, 3), jnp.float32), train=False)
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
                           opt_state=tx.init(params))
 
-    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+    return init
+
+
+def create_train_state(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int],
+                       seed: int, mesh) -> TrainState:
+    """A fresh state, initialised directly into replicated placement on ``mesh``."""
+    return jax.jit(_state_init(model, tx, input_hw), out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+
+
+def abstract_train_state(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int], mesh):
+    """The state's shapes, dtypes and (replicated) shardings, from ``jax.eval_shape``: nothing is allocated."""
+    shapes = jax.eval_shape(_state_init(model, tx, input_hw), jax.random.key(0))
+    rep = sharding.replicated(mesh)
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRNet,
@@ -110,7 +121,10 @@ def compile_steps(model, tx, loss_cfg, schedule, mesh):
 # ----------------------------------------------------------------------------
 
 def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh) -> tuple[dict[str, float], list[dict]]:
-    """(flat summary for logs: face-region pooled scores, crop_ scores, ratio_mae; per-image rows)."""
+    """(flat summary for logs: face-region pooled scores, crop_ scores, ratio_mae; per-image rows).
+
+    For the face-mask network (label "face") the region is the whole crop (see vitijax.evaluate).
+    """
     rows, _ = evaluation.evaluate(ev_step, variables, source, pcfg, global_batch, mesh)
     s = evaluation.summarize(rows)
     flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
@@ -190,18 +204,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     meta = model_meta(config.model)
     # What a model needs besides its weights to be applied: stored with the best model.
     input_meta = {"size": list(pcfg.input_size), "mask_input": pcfg.mask_input, "label": pcfg.label}
-    state = create_train_state(model, tx, pcfg.input_size, int(config.seed), mesh)
     ckpts = TrainCheckpoints(workdir, keep=int(config.get("keep_checkpoints", 3)))
     start = ckpts.latest_step()
+    best = -1.0
     if start is not None:
-        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                                          state)
+        abstract = abstract_train_state(model, tx, pcfg.input_size, mesh)
         state, data_state = ckpts.restore(start, abstract, expect=meta)
         if data_state is not None:
             iterator.set_state(data_state)
+        best_dir = os.path.join(workdir, "best")
+        if os.path.isdir(best_dir):  # keep the best so far: a worse later model must not replace it
+            best = float(load_model(best_dir)[1].get("validation_dice", -1.0))
         if is_main:
             print(f"resumed from {ckpts.directory}/{start} (step {start} of {total_steps})", flush=True)
-    elif config.get("init_from"):
+    else:
+        state = create_train_state(model, tx, pcfg.input_size, int(config.seed), mesh)
+    if start is None and config.get("init_from"):
         variables, _ = load_model(config.init_from, expect=meta)
         params = jax.device_put(variables["params"], sharding.replicated(mesh))
         state = state.replace(params=params, batch_stats=jax.device_put(variables["batch_stats"],
@@ -213,11 +231,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     step_fn, ev_fn = compile_steps(model, tx, config.loss, schedule, mesh)
 
     # --- Loop --------------------------------------------------------------
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
     progress = Progress(total_steps, start)
     log_every, eval_every = int(config.log_every), int(config.eval_every or total_steps)
     ckpt_every = int(config.checkpoint_every or total_steps)
-    best = -1.0
     try:
         if is_main:
             print(f"training DDRNet-{meta['variant']} on {len(train_src)} images ({steps_per_epoch} steps/epoch), "
@@ -252,7 +269,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 if math.isfinite(summary["dice"]) and summary["dice"] > best:
                     best = summary["dice"]
                     save_model(os.path.join(workdir, "best"), variables,  # collective: every process calls it
-                               {**meta, "step": done, "validation_dice": best}, step=done, keep=1)
+                               {**meta, "input": input_meta, "step": done, "validation_dice": best}, step=done,
+                               keep=1)
             if done % ckpt_every == 0 or done == total_steps:
                 _check({k: float(v) for k, v in jax.device_get(values).items()}, done, ckpts)
                 ckpts.save(done, state, iterator.get_state(), meta)

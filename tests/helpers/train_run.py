@@ -2,7 +2,7 @@
 
 Used by the multi-process and kill-and-resume tests:
     python -m tests.helpers.train_run WORKDIR OUT.npz [--steps N] [--ckpt-every K] [--step-sleep S]
-        [--coordinator HOST:PORT --num-processes N --process-id I]
+        [--eval-every E] [--coordinator HOST:PORT --num-processes N --process-id I]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def main():
     p.add_argument("out")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--ckpt-every", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--coordinator")
     p.add_argument("--num-processes", type=int)
@@ -30,7 +31,7 @@ def main():
     from vitijax import train
 
     c = get_config()
-    c.num_steps, c.checkpoint_every, c.log_every, c.eval_every = a.steps, a.ckpt_every, 1, 0
+    c.num_steps, c.checkpoint_every, c.log_every, c.eval_every = a.steps, a.ckpt_every, 1, a.eval_every
     if a.coordinator:
         c.distributed.update(coordinator_address=a.coordinator, num_processes=a.num_processes,
                              process_id=a.process_id, cpu_collectives=True)

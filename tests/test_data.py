@@ -65,6 +65,13 @@ def test_full_paper_resolution_render():
 
 # --- crops -------------------------------------------------------------------------
 
+def test_example_stores_the_whole_photo_downscaled():
+    s = synthetic.render(synthetic.make_patient(0, 0), 0, "front", (2048, 1368))
+    ex = make_example(s.image, s.face_mask, s.vitiligo_mask, patient="P", visit=0, view="front", face_box=s.face_box)
+    assert ex["photo"].shape == (1024, 684, 3) and ex["photo_scale"] == pytest.approx(0.5)
+    assert ex["face_pixels"] == s.face_mask.sum() and ex["ratio"] == pytest.approx(s.ratio, rel=1e-6)
+
+
 def test_crop_contains_the_face_and_pastes_back_exactly():
     s = synthetic.render(synthetic.make_patient(0, 0), 0, "right")
     box = face.crop_box(s.face_box, 0.15)
@@ -201,6 +208,7 @@ def test_folder_build_and_leak_refusal(user_folder, tmp_path, capsys):
     assert ex["patient"] == "P003" and ex["source_file"].endswith(".jpg") and len(ex["source_sha256"]) == 64
     assert ex["image"].shape[0] == ex["image"].shape[1] and ex["face_mask"].shape == ex["image"].shape[:2]
     assert tuple(ex["original_size"]) == (160, 112)
+    assert ex["photo"].shape == (160, 112, 3) and ex["photo_scale"] == 1.0  # small photos are stored whole
     assert ex["ratio"] == pytest.approx(100 * ex["vitiligo_pixels"] / ex["face_pixels"], rel=1e-5)
     reports = os.listdir(tmp_path / "tfds" / "reports")
     assert reports == ["uv_vitiligo_default_validation.json"]

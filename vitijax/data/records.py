@@ -2,9 +2,10 @@
 
 The same function feeds the TFDS builders (which PNG-encode the arrays) and the
 in-memory sources used by tests: a face crop (square box around the face
-box, see :mod:`vitijax.face`), its face and vitiligo masks, and the metadata
-needed to trace it back: patient, visit, view, original size, crop and face
-boxes, source file and hash, and the true ratio at full resolution.
+box, see :mod:`vitijax.face`), its face and vitiligo masks, the whole photo
+downscaled (what the face detector and face-box network consume), and the
+metadata needed to trace it back: patient, visit, view, original size, crop
+and face boxes, source file and hash, and the true ratio at full resolution.
 """
 
 from __future__ import annotations
@@ -12,24 +13,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vitijax import face as face_lib
 from vitijax.metrics import f_vitiligo
 
 CROP_MARGIN = 0.15
+PHOTO_MAX_SIDE = 1024  # the stored whole photo: enough for face detection, far smaller than 2832x4240
 
 
 def make_example(image: np.ndarray, face_mask: np.ndarray, vitiligo_mask: np.ndarray, *, patient: str,
                  visit: int, view: str, source_file: str = "", source_sha256: str = "",
                  face_box: tuple[int, int, int, int] | None = None, margin: float = CROP_MARGIN,
-                 max_side: int | None = None) -> dict[str, Any]:
+                 max_side: int | None = None, photo_max_side: int = PHOTO_MAX_SIDE) -> dict[str, Any]:
     """One example from a full photo [h, w, 3] uint8 and its masks [h, w] {0, 1}.
 
     ``face_box`` defaults to the box of the face mask (until a detector gives
     one). Pixels of vitiligo outside the face mask are not vitiligo of the face
     and are removed from the stored mask (the caller reports them). With
     ``max_side``, crops larger than that are downscaled (image bilinear, masks
-    nearest) to bound storage; metadata stays in photo pixels.
+    nearest) to bound storage; metadata stays in photo pixels. The whole photo
+    is stored with its long side at most ``photo_max_side``; ``photo_scale`` is
+    its size over the original's (multiply photo-pixel boxes by it).
     """
     if face_box is None:
         face_box = face_lib.box_from_mask(face_mask)
@@ -41,15 +46,18 @@ def make_example(image: np.ndarray, face_mask: np.ndarray, vitiligo_mask: np.nda
     crop_face = face_lib.crop(face_mask.astype(np.uint8), box)
     crop_vit = face_lib.crop(vit.astype(np.uint8), box)
     if max_side and max(crop_img.shape[:2]) > max_side:
-        from PIL import Image
-
         size = (max_side, max_side)  # crops are square
         crop_img = np.asarray(Image.fromarray(crop_img).resize(size, Image.Resampling.BILINEAR))
         crop_face = np.asarray(Image.fromarray(crop_face).resize(size, Image.Resampling.NEAREST))
         crop_vit = np.asarray(Image.fromarray(crop_vit).resize(size, Image.Resampling.NEAREST))
+    h, w = image.shape[:2]
+    scale = min(1.0, photo_max_side / max(h, w))
+    photo = image if scale == 1.0 else np.asarray(
+        Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
     n_face, n_vit = int((face_mask > 0).sum()), int(vit.sum())
     return {
         "image": crop_img, "face_mask": crop_face, "vitiligo_mask": crop_vit,
+        "photo": photo, "photo_scale": np.float32(photo.shape[0] / h),
         "patient": patient, "visit": int(visit), "view": view,
         "original_size": np.array(image.shape[:2], np.int32),
         "crop_box": np.array(box, np.int32), "face_box": np.array(face_box, np.int32),

@@ -31,6 +31,8 @@ def features():
         "image": img(3),  # the face crop, unmasked
         "face_mask": img(1),  # {0, 1}
         "vitiligo_mask": img(1),  # {0, 1}, inside the face only
+        "photo": img(3),  # the whole photo, long side <= 1024: what the face detector consumes
+        "photo_scale": tfds.features.Scalar(np.float32),  # photo size / original size
         "patient": tfds.features.Text(),
         "visit": tfds.features.Scalar(np.int32),
         "view": tfds.features.Text(),
@@ -48,7 +50,7 @@ def features():
 def encode(example: dict[str, Any]) -> dict[str, Any]:
     """An example of :func:`vitijax.data.records.make_example`, ready for the builder to yield."""
     out = dict(example)
-    for k in ("image", "face_mask", "vitiligo_mask"):
+    for k in ("image", "face_mask", "vitiligo_mask", "photo"):
         out[k] = encode_png(example[k])
     return out
 

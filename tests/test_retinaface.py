@@ -83,5 +83,5 @@ def test_converted_weights_are_cached(tmp_path):
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and files[0].suffix == ".npz"
     v2 = rf.pretrained_variables(cache_dir=str(tmp_path))
-    for a, b in zip(jax.tree_util.tree_leaves(v1), jax.tree_util.tree_leaves(v2)):
+    for a, b in zip(jax.tree_util.tree_leaves(v1), jax.tree_util.tree_leaves(v2), strict=True):
         np.testing.assert_array_equal(a, b)

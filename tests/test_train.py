@@ -203,7 +203,8 @@ def test_init_from_a_converted_checkpoint(tmp_path):
                                               "aux_head": True})
     c.init_from = str(tmp_path / "init")
     state = train_and_evaluate(c, str(tmp_path / "wd"))["state"]
-    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.params)), jax.tree_util.tree_leaves(variables["params"])):
+    got, want = jax.tree_util.tree_leaves(jax.device_get(state.params)), jax.tree_util.tree_leaves(variables["params"])
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
     c.model.variant = "23-slim"
     with pytest.raises(CheckpointError, match="variant: checkpoint has '23-tiny', expected '23-slim'"):

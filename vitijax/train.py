@@ -14,18 +14,16 @@ hosts (each host feeds its own shard of the data).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vitijax import compile_cache, sharding

@@ -225,6 +225,10 @@ def test_save_model_refuses_to_overwrite_a_step(tmp_path):
     save_model(tmp_path / "m", v, m)
     with pytest.raises(CheckpointError, match="already holds a checkpoint at step 0"):
         save_model(tmp_path / "m", {"params": {"w": np.zeros(3, np.float32)}, "batch_stats": {}}, m)
+    from vitijax.checkpoint import load_model
+
+    save_model(tmp_path / "m", {"params": {"w": np.zeros(3, np.float32)}, "batch_stats": {}}, m, replace=True)
+    np.testing.assert_array_equal(load_model(tmp_path / "m")[0]["params"]["w"], 0.0)
 
 
 def test_face_mask_network_is_scored_over_the_whole_crop(tmp_path):

@@ -27,13 +27,15 @@ class CheckpointError(ValueError):
 
 
 def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any],
-               step: int = 0, keep: int | None = None) -> str:
+               step: int = 0, keep: int | None = None, replace: bool = False) -> str:
     """Writes ``variables`` and ``meta`` (plus the vitijax version) as step ``step`` of ``directory``.
 
     orbax writes into a temporary directory and renames it when complete, so a
     crash never leaves a half-written step that a later load would take.
-    ``keep`` bounds how many steps stay (oldest deleted first). Returns the
-    absolute directory.
+    ``keep`` bounds how many steps stay (oldest deleted first). An existing
+    step at or after ``step`` is an error, unless ``replace`` (then those
+    steps are deleted first: a resumed run replacing what an interrupted one
+    left). Returns the absolute directory.
     """
     directory = os.path.abspath(os.fspath(directory))
     meta = {**dict(meta), "vitijax_version": vitijax.__version__}
@@ -44,6 +46,10 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep)
     with ocp.CheckpointManager(directory, options=options) as mngr:
         latest = mngr.latest_step()
+        if replace:
+            for old in [s for s in mngr.all_steps() if s >= step]:
+                mngr.delete(old)
+            latest = mngr.latest_step()
         # orbax skips (returns False) a step at or before the latest: never report a write that did not happen.
         if latest is not None and step <= latest:
             raise CheckpointError(f"{directory} already holds a checkpoint at step {latest}; "

@@ -266,9 +266,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 _print_summary(f"validation at step {done}", summary)
                 if math.isfinite(summary["dice"]) and summary["dice"] > best:
                     best = summary["dice"]
-                    save_model(os.path.join(workdir, "best"), variables,  # collective: every process calls it
+                    # collective: every process calls it. replace: a resumed run may re-reach a step whose
+                    # best model the interrupted run had already written.
+                    save_model(os.path.join(workdir, "best"), variables,
                                {**meta, "input": input_meta, "step": done, "validation_dice": best}, step=done,
-                               keep=1)
+                               keep=1, replace=True)
             if done % ckpt_every == 0 or done == total_steps:
                 _check({k: float(v) for k, v in jax.device_get(values).items()}, done, ckpts)
                 ckpts.save(done, state, iterator.get_state(), meta)

@@ -56,7 +56,7 @@ def run_model(a) -> int:
     if not tfds_io.is_prepared(builder):
         raise FileNotFoundError(f"data set {name}/{builder.builder_config.name} is not built under {a.data_dir} "
                                 "(python -m launch.build_dataset)")
-    source = tfds_io.DecodedSource(builder.as_data_source(split=split))
+    source = tfds_io.data_source(builder, split)
     mesh = sharding.make_mesh()
     batch = a.batch_size * jax.device_count() if a.batch_size % jax.device_count() else a.batch_size
     ev = compile_eval_step(model, mesh)

@@ -68,7 +68,7 @@ def test_full_paper_resolution_render():
 def test_example_stores_the_whole_photo_downscaled():
     s = synthetic.render(synthetic.make_patient(0, 0), 0, "front", (2048, 1368))
     ex = make_example(s.image, s.face_mask, s.vitiligo_mask, patient="P", visit=0, view="front", face_box=s.face_box)
-    assert ex["photo"].shape == (1024, 684, 3) and ex["photo_scale"] == pytest.approx(0.5)
+    assert ex["photo"].shape == (1024, 684, 3)
     assert ex["face_pixels"] == s.face_mask.sum() and ex["ratio"] == pytest.approx(s.ratio, rel=1e-6)
 
 
@@ -203,12 +203,12 @@ def test_folder_build_and_leak_refusal(user_folder, tmp_path, capsys):
     assert rc == 0, out
     assert "unreadable or truncated" in out and "test: 3 examples" in out and "validation: 2 examples" in out
     b = tfds_io.get_builder("uv_vitiligo", data_dir=str(tmp_path / "tfds"))
-    test = tfds_io.DecodedSource(b.as_data_source(split="test"))
+    test = tfds_io.data_source(b, "test", with_photo=True)
     ex = test[0]
     assert ex["patient"] == "P003" and ex["source_file"].endswith(".jpg") and len(ex["source_sha256"]) == 64
     assert ex["image"].shape[0] == ex["image"].shape[1] and ex["face_mask"].shape == ex["image"].shape[:2]
     assert tuple(ex["original_size"]) == (160, 112)
-    assert ex["photo"].shape == (160, 112, 3) and ex["photo_scale"] == 1.0  # small photos are stored whole
+    assert ex["photo"].shape == (160, 112, 3)  # small photos are stored whole
     assert ex["ratio"] == pytest.approx(100 * ex["vitiligo_pixels"] / ex["face_pixels"], rel=1e-5)
     reports = os.listdir(tmp_path / "tfds" / "reports")
     assert reports == ["uv_vitiligo_default_validation.json"]
@@ -219,12 +219,13 @@ def test_synthetic_tfds_build_without_tensorflow(tmp_path):
     rc = build_dataset.main(["--name", "synthetic_uv_vitiligo", "--config", "tiny", "--data-dir", str(tmp_path)])
     assert rc == 0
     b = tfds_io.get_builder("synthetic_uv_vitiligo", data_dir=str(tmp_path), config="tiny")
-    by_split = {s: tfds_io.DecodedSource(b.as_data_source(split=s)) for s in ("train", "validation", "test")}
+    by_split = {s: tfds_io.data_source(b, s) for s in ("train", "validation", "test")}
     patients = {s: {src[i]["patient"] for i in range(len(src))} for s, src in by_split.items()}
     assert sum(len(v) for v in by_split.values()) == 6 * 2 * 3
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["validation"])
     ex = by_split["test"][0]
     assert ex["image"].dtype == np.uint8 and set(np.unique(ex["vitiligo_mask"])) <= {0, 1}
+    assert isinstance(ex["photo"], bytes) and ex["photo"][:4] == b"\x89PNG"  # left encoded for training
     # The stored ratio is the full-resolution truth of the rendered photo.
     pid, visit, view = ex["patient"], int(ex["visit"]), ex["view"]
     s = synthetic.render(synthetic.make_patient(0, int(pid[1:])), visit, view, (192, 128))

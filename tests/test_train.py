@@ -88,10 +88,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(tmp_path, steps, tag):
+def _two_processes(tmp_path, steps, tag, workdir="wd"):
     port = _free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.train_run", str(tmp_path / "wd"), str(tmp_path / f"{tag}{i}.npz"),
+        [sys.executable, "-m", "tests.helpers.train_run", str(tmp_path / workdir), str(tmp_path / f"{tag}{i}.npz"),
          "--steps", str(steps), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
@@ -108,10 +108,14 @@ def test_two_processes_train_and_resume_to_identical_params(tmp_path):
     outs = _two_processes(tmp_path, 4, "p")
     assert "on 2 device(s)" in outs[0]  # one global mesh over both processes' CPUs
     assert (tmp_path / "wd" / "checkpoints" / "4").is_dir()
-    # Both processes resume from the one checkpoint, each at its own data position.
+    # Both processes resume from the one checkpoint, each at its own data position: the result equals
+    # an uninterrupted two-process run (identical params across processes alone would not show it).
     outs = _two_processes(tmp_path, 6, "r")
-    assert all("resumed from" in o for o in outs[:1])
-    assert (tmp_path / "wd" / "checkpoints" / "6").is_dir()
+    assert "resumed from" in outs[0]
+    _two_processes(tmp_path, 6, "u", workdir="straight")
+    a, b = load_params(tmp_path / "r0.npz"), load_params(tmp_path / "u0.npz")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_killed_run_resumes_to_the_same_params(tmp_path):
@@ -144,6 +148,10 @@ def test_killed_run_resumes_to_the_same_params(tmp_path):
     full_m = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
     res_m = json.loads((wd / "final_metrics.json").read_text())
     assert res_m["best_validation_dice"] == full_m["best_validation_dice"] > 0  # the best survives the kill
+    from vitijax.checkpoint import read_meta
+
+    best_full, best_res = read_meta(tmp_path / "full" / "best"), read_meta(wd / "best")
+    assert (best_res["step"], best_res["validation_dice"]) == (best_full["step"], best_full["validation_dice"])
     steps = [json.loads(line)["step"] for line in open(wd / "metrics.jsonl") if '"train"' in line]
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
@@ -172,6 +180,22 @@ def test_run_writes_what_a_user_opens(tmp_path, capsys):
 
     _, meta = load_model(tmp_path / "best")  # what evaluate/analyze need to apply the model
     assert meta["input"] == {"size": [64, 64], "mask_input": True, "label": "vitiligo"} and meta["step"] == 2
+
+
+def test_workdir_with_a_best_model_but_no_checkpoint_reruns(tmp_path):
+    """Killed after writing best/ but before its first checkpoint: a rerun starts over and finishes."""
+    import shutil
+
+    c = _quiet_config()
+    c.eval_every, c.checkpoint_every = 2, 0
+    train_and_evaluate(c, str(tmp_path))
+    shutil.rmtree(tmp_path / "checkpoints")
+    train_and_evaluate(c, str(tmp_path))
+    from vitijax.checkpoint import read_meta
+
+    assert read_meta(tmp_path / "best")["step"] == 2 and (tmp_path / "checkpoints" / "2").is_dir()
+    (tmp_path / "best2").mkdir()
+    assert read_meta(tmp_path / "best2") is None  # an incomplete best/ counts as none
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

@@ -97,6 +97,18 @@ def resolve_model_dir(path: str | os.PathLike) -> str:
     return path
 
 
+def read_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``meta`` of a model checkpoint's latest complete step, or None if it has none (nothing loaded)."""
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(directory):
+        return None
+    with ocp.CheckpointManager(directory) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            return None
+        return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+
 def check_meta(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -> None:
     """Raises ``CheckpointError`` naming every field where ``meta`` differs from ``expect``."""
     diffs = [f"{k}: checkpoint has {meta.get(k)!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
@@ -153,7 +165,10 @@ class TrainCheckpoints:
         check_meta(meta, expect, where)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        its = restored.data.get("iterators") or []
+        its = restored.data.get("iterators")
+        if its is None and "iterator" in restored.data:  # checkpoints written before per-process positions
+            its = [restored.data["iterator"]]
+        its = its or []
         if len(its) != jax.process_count():
             raise CheckpointError(f"{where}: saved by {len(its)} process(es), resumed with {jax.process_count()}; "
                                   "resume with the same number of hosts")

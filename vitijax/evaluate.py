@@ -93,6 +93,8 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
                    "ratio_pred": metrics.f_vitiligo(tp + fp, face_px),
                    "ratio_true": metrics.f_vitiligo(tp + fn, face_px),
                    "ratio_true_full": float(ids["ratio"]) if ids["ratio"] is not None else float("nan")}
+            if pcfg.label == "face":  # a face network's ratios are face fractions: no F-Vitiligo truth applies
+                row["ratio_true_full"] = float("nan")
             add_ratio_errors(row)
             rows.append(row)
             if keep_predictions:

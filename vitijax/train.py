@@ -28,7 +28,7 @@ import optax
 
 from vitijax import compile_cache, sharding
 from vitijax import evaluate as evaluation
-from vitijax.checkpoint import TrainCheckpoints, load_model, save_model
+from vitijax.checkpoint import TrainCheckpoints, load_model, read_meta, save_model
 from vitijax.data.pipeline import PipelineConfig, train_loader
 from vitijax.data.sources import load_splits
 from vitijax.models.ddrnet import DDRNet
@@ -210,9 +210,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         state, data_state = ckpts.restore(start, abstract, expect=meta)
         if data_state is not None:
             iterator.set_state(data_state)
-        best_dir = os.path.join(workdir, "best")
-        if os.path.isdir(best_dir):  # keep the best so far: a worse later model must not replace it
-            best = float(load_model(best_dir)[1].get("validation_dice", -1.0))
+        # Keep the best so far: a worse later model must not replace it. A best/ without a complete
+        # step (killed while writing it) counts as none.
+        best_meta = read_meta(os.path.join(workdir, "best"))
+        if best_meta is not None:
+            best = float(best_meta.get("validation_dice", -1.0))
         if is_main:
             print(f"resumed from {ckpts.directory}/{start} (step {start} of {total_steps})", flush=True)
     else:

@@ -36,7 +36,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     name = "synthetic_uv_vitiligo"
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024) and its scale."}
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024)."}
     BUILDER_CONFIGS = [
         SyntheticConfig(name="tiny", description="6 patients x 2 visits x 3 views at 192x128 (tests)",
                         photo_size=(192, 128), patients=6, visits=2, val_fraction=0.2, test_fraction=0.2),

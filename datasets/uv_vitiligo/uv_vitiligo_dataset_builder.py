@@ -38,7 +38,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     name = "uv_vitiligo"
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024) and its scale."}
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Lay out your photos and masks as described in vitijax's BUILD.md."
     BUILDER_CONFIGS = [
         FolderConfig(name="default", description="held-out list if present, else seeded 80/10/10 by patient"),

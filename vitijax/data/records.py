@@ -33,8 +33,8 @@ def make_example(image: np.ndarray, face_mask: np.ndarray, vitiligo_mask: np.nda
     and are removed from the stored mask (the caller reports them). With
     ``max_side``, crops larger than that are downscaled (image bilinear, masks
     nearest) to bound storage; metadata stays in photo pixels. The whole photo
-    is stored with its long side at most ``photo_max_side``; ``photo_scale`` is
-    its size over the original's (multiply photo-pixel boxes by it).
+    is stored with its long side at most ``photo_max_side``; its scale per axis
+    is ``photo.shape[:2] / original_size``.
     """
     if face_box is None:
         face_box = face_lib.box_from_mask(face_mask)
@@ -57,7 +57,7 @@ def make_example(image: np.ndarray, face_mask: np.ndarray, vitiligo_mask: np.nda
     n_face, n_vit = int((face_mask > 0).sum()), int(vit.sum())
     return {
         "image": crop_img, "face_mask": crop_face, "vitiligo_mask": crop_vit,
-        "photo": photo, "photo_scale": np.float32(photo.shape[0] / h),
+        "photo": photo,
         "patient": patient, "visit": int(visit), "view": view,
         "original_size": np.array(image.shape[:2], np.int32),
         "crop_box": np.array(box, np.int32), "face_box": np.array(face_box, np.int32),

@@ -47,7 +47,7 @@ def _tfds_splits(data_cfg, splits):
     missing = [s for s in splits if s.split("+")[0].split("[")[0] not in available]
     if missing:
         raise ValueError(f"data set {data_cfg.name} has splits {sorted(available)}, not {missing}")
-    return {s: tfds_io.DecodedSource(builder.as_data_source(split=s)) for s in splits}
+    return {s: tfds_io.data_source(builder, s) for s in splits}
 
 
 def _memory_splits(data_cfg, splits):

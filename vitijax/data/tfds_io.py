@@ -31,8 +31,7 @@ def features():
         "image": img(3),  # the face crop, unmasked
         "face_mask": img(1),  # {0, 1}
         "vitiligo_mask": img(1),  # {0, 1}, inside the face only
-        "photo": img(3),  # the whole photo, long side <= 1024: what the face detector consumes
-        "photo_scale": tfds.features.Scalar(np.float32),  # photo size / original size
+        "photo": img(3),  # the whole photo, long side <= 1024 (scale: shape / original_size), for face stages
         "patient": tfds.features.Text(),
         "visit": tfds.features.Scalar(np.int32),
         "view": tfds.features.Text(),
@@ -99,6 +98,16 @@ def _with_manual_dir(builder, manual_dir: str, tfds):
 
 def is_prepared(builder) -> bool:
     return builder.data_path.joinpath("dataset_info.json").exists()
+
+
+def data_source(builder, split: str, *, with_photo: bool = False) -> "DecodedSource":
+    """A split as a random-access source. The whole photo is left as PNG bytes unless ``with_photo``:
+    the lesion and face-mask networks read only the crop, and decoding the photo would cost most
+    of the input pipeline's time."""
+    import tensorflow_datasets as tfds
+
+    decoders = None if with_photo else {"photo": tfds.decode.SkipDecoding()}
+    return DecodedSource(builder.as_data_source(split=split, decoders=decoders))
 
 
 class DecodedSource:

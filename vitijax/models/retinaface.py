@@ -133,10 +133,6 @@ class RetinaFace(nn.Module):
         landmarks = Head("landmark_head", 10, name="landmark_head")(feats)
         return loc, scores, landmarks
 
-    def features(self, x):
-        """The encoder's pyramid after SSH: three maps [b, h/8|16|32, w/8|16|32, 64] (for the face-box head)."""
-        return [SSH(name=f"ssh{i}")(f) for i, f in enumerate(FPN(name="fpn")(MobileNetV1(name="fx")(x)), start=1)]
-
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:
     """RGB uint8 [h, w, 3] (or [b, h, w, 3]) -> the network's float32 BGR-minus-mean input, batched."""
@@ -210,8 +206,8 @@ def variables_from_onnx(model_bytes: bytes) -> dict:
     """Flax variables of :class:`RetinaFace` from the ONNX graph's Conv initializers.
 
     Each Conv node's path (``/fx/stage1/stage1.1/stage1.1.0/stage1.1.0.0/Conv``)
-    names the module (``fx`` / ``stage1.1.0.0``). Nodes that re-run a conv on
-    another input (suffix ``_1``) share its weights and are skipped. Every
+    names the module (``fx`` / ``stage1.1.0.0``). A node that re-runs a conv
+    (suffix ``_1``) resolves to the same module and the same weights. Every
     parameter of the Flax model must be found, with its shape, or this raises.
     """
     import onnx

@@ -15,20 +15,11 @@ official-named state dict for PyTorch users)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import sys
 
 STATE_DICT_EXTS = (".pth", ".pt", ".npz", ".safetensors")
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vitijax import compile_cache
     from vitijax.checkpoint import CheckpointError, load_model, resolve_model_dir, save_model
+    from vitijax.data.io import sha256_file
     from vitijax.convert import CheckpointMismatch, ddrnet_state_dict_from_variables, \
         ddrnet_variables_from_torch, save_state_dict
     from vitijax.models.ddrnet import count_params
@@ -76,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         num_classes = variables["params"]["final_layer"]["conv2"]["bias"].shape[0]
         meta = {"model": "ddrnet", "variant": args.variant, "num_classes": int(num_classes),
                 "aux_head": "seghead_extra" in variables["params"], "source": os.path.abspath(args.src),
-                "source_sha256": _sha256(args.src), "reinit_classifier": args.reinit_classifier,
+                "source_sha256": sha256_file(args.src), "reinit_classifier": args.reinit_classifier,
                 "partial": args.partial}
         out = save_model(args.out, variables, meta)
         print(f"wrote DDRNet-{args.variant} ({meta['num_classes']} classes, aux head {meta['aux_head']}, "

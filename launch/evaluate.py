@@ -93,7 +93,7 @@ def _read_masks(root: str) -> dict[str, str]:
 def run_masks(a) -> int:
     from vitijax import metrics
     from vitijax.data.io import ImageReadError, read_mask, read_photo
-    from vitijax.evaluate import add_ratio_errors, summarize
+    from vitijax.evaluate import image_row, summarize
     from vitijax.report.evaluation import write_report
 
     preds, truths = _read_masks(a.predictions), _read_masks(a.ground_truth)
@@ -113,19 +113,14 @@ def run_masks(a) -> int:
         except ImageReadError as e:
             problems.append(str(e))
             continue
-        p, t, f = pred > 0, true > 0, face > 0
-        tp, fp, fn, tn = (int(x) for x in ((p & t & f).sum(), (p & ~t & f).sum(), (~p & t & f).sum(),
-                                           (~p & ~t & f).sum()))
+        counts = np.asarray(metrics.confusion_counts(pred[None], true[None], face[None]))[0]
+        crop = np.asarray(metrics.confusion_counts(pred[None], true[None]))[0]
         parts = os.path.splitext(rel)[0].split(os.sep)
         patient, visit, view = (parts + ["", "", ""])[:3] if len(parts) >= 3 else (parts[0], 0, parts[-1])
-        n = tp + fp + fn + tn
-        rows.append({"index": i, "patient": patient, "visit": visit, "view": view, "source_file": preds[rel],
-                     "tp": tp, "fp": fp, "fn": fn, "tn": tn, "crop_tp": int((p & t).sum()),
-                     "crop_fp": int((p & ~t).sum()), "crop_fn": int((~p & t).sum()), "crop_tn": int((~p & ~t).sum()),
-                     **{k: v for k, v in metrics.scores(tp, fp, fn, tn).items() if k in metrics.METRICS},
-                     "ratio_pred": metrics.f_vitiligo(tp + fp, n), "ratio_true": metrics.f_vitiligo(tp + fn, n),
-                     "ratio_true_full": metrics.f_vitiligo(tp + fn, n)})
-        add_ratio_errors(rows[-1])
+        tp, _, fn, _ = counts
+        ids = {"patient": patient, "visit": visit, "view": view, "source_file": preds[rel],
+               "ratio": metrics.f_vitiligo(tp + fn, counts.sum())}  # the masks' own resolution is the full one
+        rows.append(image_row(i, ids, counts, crop))
         arrays[i] = (rel, pred, true, face if rel in faces else None)
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)

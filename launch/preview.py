@@ -38,21 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="PNG file to write")
     a = p.parse_args(argv)
 
-    from vitijax.report.overlay import GREEN, YELLOW, grid, outlines
-
-    def fit(pic, resample=Image.Resampling.LANCZOS):
-        h, w = pic.shape[:2]
-        return np.asarray(Image.fromarray(pic).resize((round(w * a.tile / h), a.tile), resample))
+    from vitijax.report.overlay import GREEN, YELLOW, fit_height, grid, outlines
 
     def tile(image, face, vit):
-        return fit(outlines(image, [(face, YELLOW), (vit, GREEN)]))
+        return fit_height(outlines(image, [(face, YELLOW), (vit, GREEN)]), a.tile)
 
     def masks(face, vit):
         """The masks beside the photo: face grey, vitiligo green, background black."""
         pic = np.zeros((*face.shape, 3), np.uint8)
         pic[face > 0] = 110
         pic[vit > 0] = GREEN
-        return fit(pic, Image.Resampling.NEAREST)
+        return fit_height(pic, a.tile, nearest=True)
 
     rows, lines = [], []
     if a.synthetic:

@@ -83,24 +83,29 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
             else:
                 ex = source[index]
                 ids = {k: _plain(ex.get(k)) for k in ID_KEYS}
-            tp, fp, fn, tn = (int(v) for v in out["face"][g])
-            ctp, cfp, cfn, ctn = (int(v) for v in out["crop"][g])
-            face_px = tp + fp + fn + tn
-            row = {"index": index, **{k: ids[k] for k in ID_KEYS if k != "ratio"},
-                   "tp": tp, "fp": fp, "fn": fn, "tn": tn, "crop_tp": ctp, "crop_fp": cfp, "crop_fn": cfn,
-                   "crop_tn": ctn,
-                   **{k: v for k, v in metrics.scores(tp, fp, fn, tn).items() if k in metrics.METRICS},
-                   "ratio_pred": metrics.f_vitiligo(tp + fp, face_px),
-                   "ratio_true": metrics.f_vitiligo(tp + fn, face_px),
-                   "ratio_true_full": float(ids["ratio"]) if ids["ratio"] is not None else float("nan")}
+            row = image_row(index, ids, out["face"][g], out["crop"][g])
             if pcfg.label == "face":  # a face network's ratios are face fractions: no F-Vitiligo truth applies
                 row["ratio_true_full"] = float("nan")
-            add_ratio_errors(row)
             rows.append(row)
             if keep_predictions:
                 preds[index] = out["pred"][g]
     rows.sort(key=lambda r: r["index"])
     return rows, preds
+
+
+def image_row(index: int, ids: Mapping[str, Any], face_counts, crop_counts) -> dict[str, Any]:
+    """One per-image row: identifiers (``ID_KEYS``; ``ratio`` is the stored full-resolution truth),
+    counts in the region (tp, fp, fn, tn) and over the crop (crop_*), scores, ratios and their errors."""
+    tp, fp, fn, tn = (int(v) for v in face_counts)
+    ctp, cfp, cfn, ctn = (int(v) for v in crop_counts)
+    face_px = tp + fp + fn + tn
+    row = {"index": index, **{k: ids.get(k) for k in ID_KEYS if k != "ratio"},
+           "tp": tp, "fp": fp, "fn": fn, "tn": tn, "crop_tp": ctp, "crop_fp": cfp, "crop_fn": cfn, "crop_tn": ctn,
+           **{k: v for k, v in metrics.scores(tp, fp, fn, tn).items() if k in metrics.METRICS},
+           "ratio_pred": metrics.f_vitiligo(tp + fp, face_px),
+           "ratio_true": metrics.f_vitiligo(tp + fn, face_px),
+           "ratio_true_full": float(ids["ratio"]) if ids.get("ratio") is not None else float("nan")}
+    return add_ratio_errors(row)
 
 
 def add_ratio_errors(row: dict[str, Any]) -> dict[str, Any]:

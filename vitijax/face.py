@@ -58,18 +58,13 @@ def detect(image: np.ndarray, *, long_side: int = DEFAULT_LONG_SIDE, score_thres
     (in the network's mean-subtracted space) to multiples of 32, so photos of
     one size share one compilation.
     """
-    from PIL import Image
-
+    from vitijax.data.io import downscale
     from vitijax.models import retinaface
 
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"detect expects an RGB image [h, w, 3], got shape {image.shape}")
     h, w = image.shape[:2]
-    scale = min(1.0, long_side / max(h, w))
-    small = image
-    if scale < 1.0:
-        small = np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                         Image.Resampling.BILINEAR))
+    small = downscale(image, long_side)
     sh, sw = small.shape[:2]
     ph, pw = -(-sh // 32) * 32, -(-sw // 32) * 32
     x = np.zeros((1, ph, pw, 3), np.float32)

@@ -15,7 +15,6 @@ mIoU is the mean of the lesion IoU and the non-lesion IoU over the same region.
 
 from __future__ import annotations
 
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -105,14 +104,3 @@ def patient_bootstrap(counts: np.ndarray, patients: np.ndarray, *, samples: int 
             draws[k].append(sc[k])
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for k, v in draws.items()}
-
-
-def summarize(per_image_counts: np.ndarray, ratio_pred: np.ndarray, ratio_true: np.ndarray) -> Mapping[str, float]:
-    """Pooled scores over images [n, 4] plus the mean absolute F-Vitiligo error (percentage points)."""
-    tp, fp, fn, tn = np.asarray(per_image_counts, np.int64).sum(0)
-    out = dict(scores(tp, fp, fn, tn))
-    err = np.abs(np.asarray(ratio_pred, np.float64) - np.asarray(ratio_true, np.float64))
-    err = err[np.isfinite(err)]
-    out["ratio_mae"] = float(err.mean()) if err.size else float("nan")
-    out["images"] = int(len(per_image_counts))
-    return out

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from vitijax import face as face_lib
+from vitijax.data.io import downscale
 from vitijax.metrics import f_vitiligo
 
 CROP_MARGIN = 0.15
@@ -50,10 +51,7 @@ def make_example(image: np.ndarray, face_mask: np.ndarray, vitiligo_mask: np.nda
         crop_img = np.asarray(Image.fromarray(crop_img).resize(size, Image.Resampling.BILINEAR))
         crop_face = np.asarray(Image.fromarray(crop_face).resize(size, Image.Resampling.NEAREST))
         crop_vit = np.asarray(Image.fromarray(crop_vit).resize(size, Image.Resampling.NEAREST))
-    h, w = image.shape[:2]
-    scale = min(1.0, photo_max_side / max(h, w))
-    photo = image if scale == 1.0 else np.asarray(
-        Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
+    photo = downscale(image, photo_max_side)
     n_face, n_vit = int((face_mask > 0).sum()), int(vit.sum())
     return {
         "image": crop_img, "face_mask": crop_face, "vitiligo_mask": crop_vit,

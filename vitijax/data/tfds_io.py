@@ -81,7 +81,6 @@ def get_builder(name: str, *, data_dir: str = DEFAULT_DATA_DIR, config: Any = No
     if config is not None:
         kwargs["config"] = config
     builder = cls(**kwargs)
-    builder._vitijax_manual_dir = manual_dir  # noqa: SLF001 - read back in download_and_prepare below
     return builder if manual_dir is None else _with_manual_dir(builder, manual_dir, tfds)
 
 

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)  # subtracted from BGR pixel values
 STEPS = (8, 16, 32)
@@ -227,36 +228,14 @@ def variables_from_onnx(model_bytes: bytes) -> dict:
         flat[(top, leaf)] = {"kernel": np.ascontiguousarray(w.transpose(2, 3, 1, 0)), "bias": b}
     shapes = jax.eval_shape(lambda: RetinaFace().init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
     params = {}
-    for top, sub in shapes.items():
-        for name, leaves in _modules(sub):
-            key = (top, name)
-            if key not in flat:
-                raise ValueError(f"ONNX model has no weights for {top}/{name}")
-            for leaf, spec in leaves.items():
-                if flat[key][leaf].shape != spec.shape:
-                    raise ValueError(f"{top}/{name}/{leaf}: ONNX {flat[key][leaf].shape}, model {spec.shape}")
-            params.setdefault(top, {})
-            _set(params[top], name, sub, {k: np.asarray(v, np.float32) for k, v in flat[key].items()})
-    return {"params": params}
-
-
-def _modules(tree, prefix=()):
-    """(dotted conv name, its leaves) for every conv in a (possibly nested) params subtree."""
-    for k, v in tree.items():
-        if "kernel" in v:
-            yield k, v
-        else:  # SSH/FPN/backbone children are convs directly; heads likewise
-            yield from _modules(v, prefix + (k,))
-
-
-def _set(target, name, template, value):
-    if name in template:
-        target[name] = value
-        return
-    for k, v in template.items():
-        if isinstance(v, dict) and "kernel" not in v:
-            target.setdefault(k, {})
-            _set(target[k], name, v, value)
+    for path, spec in traverse_util.flatten_dict(shapes).items():
+        key, leaf = (path[0], path[-2]), path[-1]  # (top module, dotted conv name), kernel|bias
+        if key not in flat:
+            raise ValueError(f"ONNX model has no weights for {key[0]}/{key[1]}")
+        if flat[key][leaf].shape != spec.shape:
+            raise ValueError(f"{key[0]}/{key[1]}/{leaf}: ONNX {flat[key][leaf].shape}, model {spec.shape}")
+        params[path] = np.asarray(flat[key][leaf], np.float32)
+    return {"params": traverse_util.unflatten_dict(params)}
 
 
 def pretrained_variables(cache_dir: str | None = None) -> dict:
@@ -267,12 +246,8 @@ def pretrained_variables(cache_dir: str | None = None) -> dict:
     if os.path.isfile(path):
         with np.load(path) as z:
             flat = {tuple(k.split("|")): z[k] for k in z.files}
-        from flax import traverse_util
-
         return {"params": traverse_util.unflatten_dict(flat)}
     variables = variables_from_onnx(data)
-    from flax import traverse_util
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + f".tmp{os.getpid()}.npz"
     np.savez(tmp, **{"|".join(k): v for k, v in traverse_util.flatten_dict(variables["params"]).items()})

@@ -19,7 +19,7 @@ from PIL import Image
 
 from vitijax.evaluate import per_patient
 from vitijax.report import figures, html as html_report
-from vitijax.report.overlay import GREEN, YELLOW, agreement, grid, outlines
+from vitijax.report.overlay import GREEN, YELLOW, agreement, fit_height, grid, outlines
 
 PER_IMAGE_COLUMNS = ("index", "patient", "visit", "view", "source_file", "tp", "fp", "fn", "tn", "dice", "iou",
                      "precision", "recall", "ratio_pred", "ratio_true", "ratio_error", "ratio_abs_error",
@@ -43,8 +43,7 @@ def overlay_panels(image: np.ndarray, pred: np.ndarray, true: np.ndarray, face: 
                    tile: int = 256) -> np.ndarray:
     """photo | prediction outline | expert outline | agreement colours, each ``tile`` high."""
     def fit(a):
-        h, w = a.shape[:2]
-        return np.asarray(Image.fromarray(a).resize((max(1, round(w * tile / h)), tile), Image.Resampling.NEAREST))
+        return fit_height(a, tile, nearest=True)
 
     extra = [(face, YELLOW)] if face is not None else []
     return grid([[fit(image), fit(outlines(image, extra + [(pred, GREEN)])),

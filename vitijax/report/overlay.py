@@ -39,6 +39,15 @@ def agreement(image: np.ndarray, pred: np.ndarray, true: np.ndarray, region: np.
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def fit_height(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
+    """``image`` [h, w(, 3)] uint8 resized to ``height`` rows, aspect kept (nearest for masks)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * height / h)), height), resample))
+
+
 def grid(tiles: list[list[np.ndarray]], pad: int = 4, background: int = 255) -> np.ndarray:
     """Rows of equally sized [h, w, 3] uint8 tiles into one picture, with ``pad`` pixels between."""
     h, w = tiles[0][0].shape[:2]

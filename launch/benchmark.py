@@ -8,8 +8,12 @@ Rows (medians over repeated runs after warm-up; compile time measured apart):
     pixels), and its share of this machine's float32 matrix-multiply rate,
     measured in the same run;
   * the input pipeline's images/s against what the train step consumes;
-  * end-to-end analysis of one 2832x4240 photo: reported as not available
-    until ``launch.analyze`` exists.
+  * end-to-end analysis of one 2832x4240 PNG (read, face box, face mask,
+    lesion network, full-resolution masks and overlay written), seconds and
+    the peak RSS of the process that runs it;
+  * with ``--face-photos N`` (quick: 10): recall of RetinaFace and, with
+    ``--face-box DIR``, of the face-box network on N synthetic photos per
+    view, and their seconds per 2832x4240 photo.
 The device, versions and XLA flags are printed and written to the JSON.
 ``--quick`` runs 23-slim only with fewer repeats.
 """
@@ -128,6 +132,100 @@ def bench_pipeline(repeats: int) -> dict:
             "runs": repeats}
 
 
+def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
+    """Runs in a fresh process (peak RSS is per process): one photo through launch.analyze's own steps
+    (read, face box, crop, face mask, lesion network, paste back, write PNGs and overlay), DDRNet-23-slim
+    at 512x512 for both segmenters, the face-box network for the box. Weights are random (speed does not
+    depend on them; the face-box head starts at the centred box of half the photo, a realistic crop)."""
+    import resource
+
+    import jax
+
+    from launch.analyze import analyze_batch
+    from vitijax import compile_cache, face, face_mask
+    from vitijax.data.photos import PhotoInput
+    from vitijax.models.ddrnet import DDRNet, init_variables
+    from vitijax.models.facebox import FaceBoxNet
+    from vitijax.pipeline import Analyzer
+    from vitijax.segmenter import Segmenter
+
+    compile_cache.enable()
+
+    def seg(label):
+        v = init_variables(DDRNet("23-slim", 2, True), jax.random.key(0), (64, 64))
+        meta = {"model": "ddrnet", "variant": "23-slim", "num_classes": 2, "aux_head": True,
+                "input": {"size": [512, 512], "mask_input": label == "vitiligo", "label": label}}
+        return Segmenter(v, meta, where=f"random {label} network")
+
+    fb = FaceBoxNet()
+    fb_vars = fb.init(jax.random.key(0), jax.numpy.zeros((1, 320, 320, 3)))
+    box = face.FaceBoxModel(fb_vars, {"model": "facebox", "pool": 5, "hidden": 256, "input": {"size": [320, 320]}},
+                            where="random face-box network")
+    analyzer = Analyzer(seg("vitiligo"), face_mask.make("network", seg("face")), box)
+    inp = [PhotoInput(photo_path, "bench", 0, "front")]
+    t0 = time.perf_counter()
+    row = analyze_batch(analyzer, inp, out_dir, False)[0]
+    first = time.perf_counter() - t0
+    med, times = _median_time(lambda: analyze_batch(analyzer, inp, out_dir, False), repeats)
+    return {"what": "analyze one 2832x4240 photo (23-slim, 512x512 inputs)", "seconds": med, "first_call_s": first,
+            "runs": len(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "status": row["status"], "crop_box": row.get("crop_box")}
+
+
+def bench_analyze(repeats: int) -> dict:
+    """:func:`analyze_probe` in a subprocess on a synthetic 2832x4240 PNG."""
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    from vitijax.data import synthetic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = os.path.join(tmp, "front.png")
+        Image.fromarray(synthetic.render(synthetic.make_patient(0, 0), 0, "front", synthetic.PAPER_SIZE).image).save(
+            photo, compress_level=1)
+        code = (f"import json; from launch.benchmark import analyze_probe; "
+                f"print('RESULT', json.dumps(analyze_probe({photo!r}, {tmp!r}, {repeats})))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        return {"what": "analyze one 2832x4240 photo", "status": f"failed: {proc.stderr.strip()[-500:]}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def bench_face(face_box_dir: str | None, per_view: int, repeats: int) -> dict:
+    """Face finders on synthetic photos: recall (IoU >= 0.5 with the true face box) on ``per_view`` photos
+    per view at 1024x688, and seconds per full-resolution 2832x4240 photo (median of ``repeats``)."""
+    import numpy as np
+
+    from vitijax import face
+    from vitijax.data import synthetic
+    from vitijax.evaluate import box_iou
+
+    finders = {"RetinaFace": lambda img: face.choose_face(face.detect(img))}
+    if face_box_dir:
+        model = face.FaceBoxModel.load(face_box_dir)
+        finders["face-box network"] = model
+    found = {k: {v: 0 for v in synthetic.VIEWS} for k in finders}
+    for i in range(per_view):
+        patient = synthetic.make_patient(1000, i)  # seed 1000: patients no data set config trains on
+        for view in synthetic.VIEWS:
+            s = synthetic.render(patient, i % 3, view, (1024, 688))
+            for name, fn in finders.items():
+                det = fn(s.image)
+                found[name][view] += int(det is not None and box_iou(det.box, s.face_box) >= 0.5)
+    full = synthetic.render(synthetic.make_patient(1000, 0), 0, "front", synthetic.PAPER_SIZE).image
+    out = {}
+    for name, fn in finders.items():
+        fn(full)  # warm-up: compilation for this size
+        med, _ = _median_time(lambda: fn(full), repeats)
+        out[name] = {"recall_by_view": {v: n / per_view for v, n in found[name].items()}, "photos_per_view": per_view,
+                     "seconds_per_2832x4240_photo": med}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(GMAC_1024x2048), help="default: all (quick: 23-slim)")
     p.add_argument("--repeats", type=int, help="timed runs per row (default 5; quick 3)")
     p.add_argument("--out", default="benchmark_out/benchmark.json")
+    p.add_argument("--face-box", help="a trained face-box network (workdir or checkpoint) for the face rows")
+    p.add_argument("--face-photos", type=int, default=0,
+                   help="synthetic photos per view for the face-finder recall rows (default 0: skipped; quick: 10)")
     a = p.parse_args(argv)
 
     import jax
@@ -163,11 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     train = next(r for r in rows if r["what"].startswith("train") and r["variant"] == variants[0])
     print(f"{pipe['what']}: {pipe['images_per_s']:.1f} img/s vs {train['images_per_s']:.2f} img/s consumed by the "
           f"{variants[0]} train step ({pipe['images_per_s'] / train['images_per_s']:.0f}x headroom)", flush=True)
-    analyze = {"what": "analyze one 2832x4240 photo", "status": "not available: launch.analyze is not built yet"}
-    print(f"{analyze['what']}: {analyze['status']}")
+    analyze = bench_analyze(repeats)
+    if "seconds" in analyze:
+        print(f"{analyze['what']}: {analyze['seconds']:.2f} s (median of {analyze['runs']}; first call "
+              f"{analyze['first_call_s']:.1f} s), peak RSS {analyze['peak_rss_gb']:.2f} GB", flush=True)
+    else:
+        print(f"{analyze['what']}: {analyze['status']}", flush=True)
+    per_view = a.face_photos or (10 if a.quick else 0)
+    faces = bench_face(a.face_box, per_view, repeats) if per_view else {}
+    for name, r in faces.items():
+        recall = "  ".join(f"{v} {100 * x:.0f}%" for v, x in r["recall_by_view"].items())
+        print(f"face finder {name:17s} recall@IoU0.5 on {r['photos_per_view']} synthetic photos/view: {recall}; "
+              f"{r['seconds_per_2832x4240_photo']:.3f} s per 2832x4240 photo", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "pipeline": pipe, "analyze": analyze},
+        json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "pipeline": pipe, "analyze": analyze, "face": faces},
                   f, indent=2)
     print(f"wrote {a.out}")
     return 0

@@ -39,3 +39,28 @@ def random_variables(shapes, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict[str, str]:
+    """Training workdirs of the three tiny networks, trained once per session by launch.train's own function:
+    'lesion' and 'face_mask' (DDRNet test width at 64x64, 40 and 150 steps) and 'face_box' (the face-box
+    network's `tiny` config: pretrained encoder, 60 steps at 160x160)."""
+    from launch.configs import face_box, test
+    from vitijax.train import train_and_evaluate
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    runs = {}
+    for name in ("lesion", "face_mask"):
+        c = test.get_config()
+        c.num_steps, c.eval_every, c.checkpoint_every = 40, 40, 40
+        if name == "face_mask":  # long enough to learn the face (crop IoU ~0.8; all-face would score ~0.5)
+            c.input.update(label="face", mask_input=False)
+            c.data.patients = 12
+            c.num_steps, c.eval_every, c.checkpoint_every = 150, 150, 150
+            c.optimizer.update(schedule="poly", warmup_steps=10, lr=3e-3)
+        runs[name] = str(root / name)
+        train_and_evaluate(c, runs[name])
+    runs["face_box"] = str(root / "face_box")
+    runs["face_box_result"] = train_and_evaluate(face_box.get_config("tiny"), runs["face_box"])
+    return runs

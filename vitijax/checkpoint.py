@@ -19,7 +19,8 @@ import orbax.checkpoint as ocp
 
 import vitijax
 
-MODEL_FIELDS = ("model", "variant", "num_classes", "aux_head")
+# The meta fields that identify each kind of model (see vitijax.train.model_meta).
+MODEL_FIELDS = {"ddrnet": ("model", "variant", "num_classes", "aux_head"), "facebox": ("model", "pool", "hidden")}
 
 
 class CheckpointError(ValueError):
@@ -39,7 +40,10 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta:
     """
     directory = os.path.abspath(os.fspath(directory))
     meta = {**dict(meta), "vitijax_version": vitijax.__version__}
-    missing = [f for f in MODEL_FIELDS if f not in meta]
+    kind = meta.get("model", "ddrnet")
+    if kind not in MODEL_FIELDS:
+        raise ValueError(f"model checkpoint meta: model must be one of {sorted(MODEL_FIELDS)}, got {kind!r}")
+    missing = [f for f in MODEL_FIELDS[kind] if f not in meta]
     if missing:
         raise ValueError(f"model checkpoint meta needs {missing}")
     variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
@@ -180,3 +184,75 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# ----------------------------------------------------------------------------
+# Inference bundles (launch.export -> launch.analyze)
+# ----------------------------------------------------------------------------
+
+BUNDLE_FORMAT = "vitijax-inference-bundle"
+BUNDLE_PARTS = ("lesion", "face_mask", "face_box")  # lesion is required; the other two are optional
+
+
+def save_bundle(directory: str | os.PathLike, parts: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
+                extra: Mapping[str, Any]) -> str:
+    """Writes an inference bundle: one orbax step holding each network's variables and a ``bundle``
+    JSON item (format, vitijax version, each part's meta, ``extra``: configs and preprocessing constants).
+
+    ``parts`` maps a name of :data:`BUNDLE_PARTS` to (variables, meta). The
+    directory must not exist yet (a bundle is written once, atomically by orbax).
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if "lesion" not in parts:
+        raise ValueError("an inference bundle needs the lesion network")
+    unknown = set(parts) - set(BUNDLE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown bundle parts {sorted(unknown)}; expected {BUNDLE_PARTS}")
+    if os.path.exists(directory) and os.listdir(directory):
+        raise CheckpointError(f"{directory} exists and is not empty; choose a new directory for the bundle")
+    info = {"format": BUNDLE_FORMAT, "vitijax_version": vitijax.__version__,
+            "parts": {k: dict(meta) for k, (_, meta) in parts.items()}, **dict(extra)}
+    items = {k: ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, jax.device_get(dict(v))))
+             for k, (v, _) in parts.items()}
+    with ocp.CheckpointManager(directory) as mngr:
+        if not mngr.save(0, args=ocp.args.Composite(bundle=ocp.args.JsonSave(info), **items)):
+            raise CheckpointError(f"{directory}: orbax did not write the bundle")
+        mngr.wait_until_finished()
+    return directory
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
+def load_bundle(directory: str | os.PathLike) -> tuple[dict[str, tuple[dict, dict]], dict[str, Any]]:
+    """({part: (variables, meta)}, bundle info) of an inference bundle.
+
+    Refuses, naming the directory: a folder that is not a bundle (e.g. a
+    training workdir or a single model checkpoint, with what to do instead),
+    and a bundle written by another vitijax major.minor version.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: no such bundle directory")
+    if os.path.isdir(os.path.join(directory, "checkpoints")) or os.path.isdir(os.path.join(directory, "best")):
+        raise CheckpointError(f"{directory}: a training workdir, not an inference bundle; make one with "
+                              f"python -m launch.export --workdir {directory} --out BUNDLE_DIR")
+    with ocp.CheckpointManager(directory) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            raise CheckpointError(f"{directory}: holds no complete orbax checkpoint (not an inference bundle)")
+        try:
+            info = dict(mngr.restore(step, args=ocp.args.Composite(bundle=ocp.args.JsonRestore())).bundle)
+        except Exception as e:
+            raise CheckpointError(f"{directory}: not an inference bundle (no 'bundle' item: a single model "
+                                  "checkpoint? export one with python -m launch.export)") from e
+        if info.get("format") != BUNDLE_FORMAT:
+            raise CheckpointError(f"{directory}: bundle format {info.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        if _major_minor(info.get("vitijax_version", "?")) != _major_minor(vitijax.__version__):
+            raise CheckpointError(f"{directory}: bundle written by vitijax {info.get('vitijax_version')}, this is "
+                                  f"vitijax {vitijax.__version__}; re-export it with this version "
+                                  "(python -m launch.export) or install the version that wrote it")
+        names = list(info.get("parts", {}))
+        restored = mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore() for k in names}))
+    return {k: (dict(restored[k]), dict(info["parts"][k])) for k in names}, info

@@ -11,6 +11,10 @@ Resolution: the network sees the crop resized to ``input_size``; its logits
 the masks are resized to it with nearest neighbours. Ratios here are at that
 resolution; ``ratio_true_full`` carries the full-photo truth where the data
 set stores it.
+
+The face-box network has its own step and rows (:func:`evaluate_boxes`): IoU
+of the predicted and true face boxes, and whether the square crop around the
+predicted box (:func:`vitijax.face.crop_box`) holds the whole true box.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitijax import face as face_lib
 from vitijax import metrics, sharding
-from vitijax.data.pipeline import PipelineConfig, eval_batches
+from vitijax.data.pipeline import PipelineConfig, box_to_photo, eval_batches
 from vitijax.models.ddrnet import DDRNet
+from vitijax.models.facebox import FaceBoxNet
 from vitijax.report.agreement import agreement
 from vitijax.resize import resize_bilinear
 
@@ -45,9 +51,16 @@ def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> di
             "valid": batch["valid"], "index": batch["index"]}
 
 
-def compile_eval_step(model: DDRNet, mesh):
+def box_eval_step(variables, batch: Mapping[str, jax.Array], *, model: FaceBoxNet) -> dict[str, jax.Array]:
+    """The face-box network's boxes [b, 4] (fractions of the input side), with 'valid' and 'index'."""
+    return {"box": model.apply(variables, batch["image"], train=False), "valid": batch["valid"],
+            "index": batch["index"]}
+
+
+def compile_eval_step(model: DDRNet | FaceBoxNet, mesh):
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, bat), out_shardings=rep)
+    fn = box_eval_step if isinstance(model, FaceBoxNet) else eval_step
+    return jax.jit(functools.partial(fn, model=model), in_shardings=(rep, bat), out_shardings=rep)
 
 
 def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
@@ -60,7 +73,10 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
     tn; the whole crop for the face-mask network) and over the crop
     (crop_tp ...), per-image scores and the predicted and true F-Vitiligo
     (percent). Predictions are kept only with ``keep_predictions`` (overlays).
+    For the face-box network (``pcfg.label == "box"``) see :func:`evaluate_boxes`.
     """
+    if pcfg.label == "box":
+        return evaluate_boxes(ev_step, variables, source, pcfg, global_batch, mesh), {}
     local = global_batch // jax.process_count()
     rows: list[dict[str, Any]] = []
     preds: dict[int, np.ndarray] = {}
@@ -91,6 +107,67 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
                 preds[index] = out["pred"][g]
     rows.sort(key=lambda r: r["index"])
     return rows, preds
+
+
+def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
+                   *, margin: float = 0.15) -> list[dict[str, Any]]:
+    """Per-image rows of the face-box network over ``source``: identifiers, the predicted and true
+    boxes in the original photo's pixels, their IoU, and ``crop_holds_face`` (the square crop with
+    ``margin`` around the predicted box contains the whole true box). As :func:`evaluate`, every
+    process gets the rows of all examples (outputs are replicated)."""
+    local = global_batch // jax.process_count()
+    side = pcfg.input_size[0]
+    rows: list[dict[str, Any]] = []
+    for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
+                              shard_count=jax.process_count(), keys=("patient", "visit", "view", "face_box")):
+        arrays = {"image": batch["image"], "valid": batch["valid"], "index": batch["index"].astype(np.int32)}
+        out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
+        mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
+        for g in np.flatnonzero(out["valid"]):
+            index = int(out["index"][g])
+            if index in mine:
+                j = mine[index]
+                coeffs, to_orig = batch["coeffs"][j], batch["to_original"][j]
+                ids = {k: _plain(batch[k][j]) for k in ("patient", "visit", "view")}
+                true_box = np.asarray(batch["face_box"][j], np.float64)
+            else:  # another host's example: recompute its geometry from the source
+                from vitijax.data.pipeline import prepare
+
+                ex = source[index]
+                prepared = prepare(ex, pcfg)
+                coeffs, to_orig = prepared["coeffs"], prepared["to_original"]
+                ids = {k: _plain(ex.get(k)) for k in ("patient", "visit", "view")}
+                true_box = np.asarray(ex["face_box"], np.float64)
+            pred = box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2)
+            iou = float(np.asarray(box_iou(pred, true_box)))
+            cx0, cy0, cx1, cy1 = face_lib.crop_box(face_lib.int_box(tuple(pred)), margin)
+            holds = bool(cx0 <= true_box[0] and cy0 <= true_box[1] and cx1 >= true_box[2] and cy1 >= true_box[3])
+            rows.append({"index": index, **ids, "box_pred": [round(float(v), 1) for v in pred],
+                         "box_true": [float(v) for v in true_box], "iou": iou, "crop_holds_face": holds})
+    rows.sort(key=lambda r: r["index"])
+    return rows
+
+
+def box_iou(a, b) -> float:
+    """IoU of two boxes (x0, y0, x1, y1)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def summarize_boxes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean IoU, recall at IoU 0.5 and 0.75, the fraction of crops holding the whole face: overall and by view."""
+    def block(rs):
+        iou = np.array([r["iou"] for r in rs], np.float64)
+        return {"images": len(rs), "iou": float(iou.mean()), "recall_50": float((iou >= 0.5).mean()),
+                "recall_75": float((iou >= 0.75).mean()),
+                "crop_holds_face": float(np.mean([r["crop_holds_face"] for r in rs]))}
+    if not rows:
+        return {"images": 0}
+    views = sorted({str(r.get("view", "")) for r in rows})
+    return {**block(rows), "by_view": {v: block([r for r in rows if str(r.get("view", "")) == v]) for v in views}}
 
 
 def image_row(index: int, ids: Mapping[str, Any], face_counts, crop_counts) -> dict[str, Any]:

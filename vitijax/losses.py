@@ -99,3 +99,34 @@ def ddrnet_loss(
         parts["loss_aux"] = loss_aux
         total = total + aux_weight * loss_aux
     return total, parts
+
+
+def box_iou_giou(pred: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(IoU, generalised IoU) [b] of boxes [b, 4] given as (x0, y0, x1, y1); any consistent unit.
+
+    GIoU (Rezatofighi et al. 2019) = IoU - (hull area - union) / hull area,
+    with the hull the smallest box holding both; it still has a gradient when
+    the boxes do not overlap.
+    """
+    area = lambda b: jnp.maximum(b[:, 2] - b[:, 0], 0) * jnp.maximum(b[:, 3] - b[:, 1], 0)  # noqa: E731
+    lo, hi = jnp.maximum(pred[:, :2], target[:, :2]), jnp.minimum(pred[:, 2:], target[:, 2:])
+    inter = jnp.prod(jnp.maximum(hi - lo, 0), axis=-1)
+    union = area(pred) + area(target) - inter
+    iou = inter / jnp.maximum(union, 1e-9)
+    hull = jnp.prod(jnp.maximum(pred[:, 2:], target[:, 2:]) - jnp.minimum(pred[:, :2], target[:, :2]), axis=-1)
+    return iou, iou - (hull - union) / jnp.maximum(hull, 1e-9)
+
+
+def box_loss(pred: jax.Array, target: jax.Array, *, l1_weight: float = 5.0,
+             giou_weight: float = 2.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The face-box network's loss: l1_weight * mean |pred - target| + giou_weight * mean (1 - GIoU).
+
+    ``pred`` and ``target`` [b, 4] are (x0, y0, x1, y1) as fractions of the
+    input side. The weights are DETR's (5, 2), which balance the two terms for
+    boxes in [0, 1]. Returns (total, {"loss_l1", "loss_giou", "iou"}).
+    """
+    l1 = jnp.mean(jnp.abs(pred - target))
+    iou, giou = box_iou_giou(pred, target)
+    loss_giou = jnp.mean(1.0 - giou)
+    return l1_weight * l1 + giou_weight * loss_giou, {"loss_l1": l1, "loss_giou": loss_giou,
+                                                      "iou": jnp.mean(iou)}

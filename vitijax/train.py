@@ -10,6 +10,12 @@ Data parallelism: ``jax.jit`` over a 1-D ``data`` mesh; the state is
 replicated and the batch sharded, so BatchNorm and the OHEM selection see the
 global batch. The same code runs on one CPU, all GPUs of a host, and several
 hosts (each host feeds its own shard of the data).
+
+Two kinds of model train here: DDRNet (``model.name = "ddrnet"``: the lesion
+network, or the face-mask network with ``input.label = "face"``), with OHEM
+cross-entropy, and the paper's face-box network (``model.name = "facebox"``,
+``input.label = "box"``), with L1 + GIoU on the whole photo, its encoder
+initialised from the pretrained RetinaFace.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from vitijax.checkpoint import TrainCheckpoints, load_model, read_meta, save_mod
 from vitijax.data.pipeline import PipelineConfig, train_loader
 from vitijax.data.sources import load_splits
 from vitijax.models.ddrnet import DDRNet
-from vitijax.losses import ddrnet_loss
+from vitijax.models.facebox import FaceBoxNet, with_pretrained_encoder
+from vitijax.losses import box_loss, ddrnet_loss
 from vitijax.optim import make_optimizer
 from vitijax.run_log import MetricWriter, Progress
 
@@ -53,7 +60,12 @@ class TrainState:
 # Model, state and steps
 # ----------------------------------------------------------------------------
 
-def make_model(model_cfg) -> DDRNet:
+def make_model(model_cfg) -> DDRNet | FaceBoxNet:
+    name = model_cfg.get("name", "ddrnet")
+    if name == "facebox":
+        return FaceBoxNet(pool=int(model_cfg.get("pool", 5)), hidden=int(model_cfg.get("hidden", 256)))
+    if name != "ddrnet":
+        raise ValueError(f"model.name must be 'ddrnet' or 'facebox', got {name!r}")
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.get("dtype", "float32")]
     return DDRNet(variant=model_cfg.variant, num_classes=int(model_cfg.num_classes),
                   aux_head=bool(model_cfg.aux_head), dtype=dtype)
@@ -61,6 +73,8 @@ def make_model(model_cfg) -> DDRNet:
 
 def model_meta(model_cfg) -> dict[str, Any]:
     """The fields that identify a model in its checkpoints."""
+    if model_cfg.get("name", "ddrnet") == "facebox":
+        return {"model": "facebox", "pool": int(model_cfg.get("pool", 5)), "hidden": int(model_cfg.get("hidden", 256))}
     return {"model": "ddrnet", "variant": model_cfg.variant, "num_classes": int(model_cfg.num_classes),
             "aux_head": bool(model_cfg.aux_head)}
 
@@ -69,7 +83,8 @@ def _state_init(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple
     def init(rng):
         variables = model.init(rng, jnp.zeros((1, *input_hw, 3), jnp.float32), train=False)
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+        # The face-box network has no batch norm (RetinaFace's is folded into its convs).
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(params))
 
     return init
@@ -88,16 +103,21 @@ def abstract_train_state(model: DDRNet, tx: optax.GradientTransformation, input_
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRNet,
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRNet | FaceBoxNet,
                tx: optax.GradientTransformation, loss_cfg, schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on the global batch ``{'image': [b, h, w, 3], 'label': [b, h, w]}``."""
+    """One AdamW step on the global batch ``{'image': [b, h, w, 3], 'label': [b, h, w]}`` (DDRNet) or
+    ``{'image': [b, s, s, 3], 'box': [b, 4]}`` (face-box network)."""
     def loss_fn(params):
         outputs, updated = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                        train=True, mutable=["batch_stats"])
-        loss, parts = ddrnet_loss(outputs, batch["label"], aux_weight=loss_cfg.aux_weight,
-                                  thresh=loss_cfg.thresh, min_kept=loss_cfg.min_kept,
-                                  ignore_index=loss_cfg.ignore_index, class_weights=loss_cfg.get("class_weights"))
-        return loss, (parts, updated["batch_stats"])
+        if isinstance(model, FaceBoxNet):
+            loss, parts = box_loss(outputs, batch["box"], l1_weight=loss_cfg.get("l1_weight", 5.0),
+                                   giou_weight=loss_cfg.get("giou_weight", 2.0))
+        else:
+            loss, parts = ddrnet_loss(outputs, batch["label"], aux_weight=loss_cfg.aux_weight,
+                                      thresh=loss_cfg.thresh, min_kept=loss_cfg.min_kept,
+                                      ignore_index=loss_cfg.ignore_index, class_weights=loss_cfg.get("class_weights"))
+        return loss, (parts, updated.get("batch_stats", {}))
 
     (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -122,8 +142,12 @@ def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh) -> tupl
     """(flat summary for logs: face-region pooled scores, crop_ scores, ratio_mae; per-image rows).
 
     For the face-mask network (label "face") the region is the whole crop (see vitijax.evaluate).
+    For the face-box network: mean IoU, recall at IoU 0.5 / 0.75, crop_holds_face.
     """
     rows, _ = evaluation.evaluate(ev_step, variables, source, pcfg, global_batch, mesh)
+    if pcfg.label == "box":
+        s = evaluation.summarize_boxes(rows)
+        return {k: v for k, v in s.items() if k != "by_view"}, rows
     s = evaluation.summarize(rows)
     flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
             "ratio_mae": s["ratio"]["mae"], "images": s["images"]}
@@ -152,7 +176,19 @@ def _check(values: Mapping[str, float], step: int, ckpts: TrainCheckpoints) -> N
                             "the learning rate or enable gradient clipping (optimizer.grad_clip_norm).")
 
 
+def _selection_key(pcfg: PipelineConfig) -> str:
+    """The validation figure that picks the best model."""
+    return "iou" if pcfg.label == "box" else "dice"
+
+
 def _print_summary(title: str, s: Mapping[str, float]) -> str:
+    if "recall_50" in s:
+        line = (f"{title}: face box IoU {100 * s['iou']:.2f}  recall@0.5 {100 * s['recall_50']:.2f}  "
+                f"recall@0.75 {100 * s['recall_75']:.2f}  crop holds the whole face {100 * s['crop_holds_face']:.2f} "
+                f"({s['images']} photos, %)")
+        if jax.process_index() == 0:
+            print(line, flush=True)
+        return line
     line = (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
             f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
             f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  ({s['images']} images; face region, pooled pixels, %)")
@@ -164,7 +200,8 @@ def _print_summary(title: str, s: Mapping[str, float]) -> str:
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains per ``config``, resuming from ``workdir`` if it holds checkpoints.
 
-    Returns {'step', 'test': held-out summary, 'best_validation_dice', 'state': the final TrainState}.
+    Returns {'step', 'test': held-out summary, 'best_validation_dice' ('best_validation_iou' for the
+    face-box network), 'state': the final TrainState}.
     """
     # --- Set-up ------------------------------------------------------------
     dist = config.get("distributed", {})
@@ -214,11 +251,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # step (killed while writing it) counts as none.
         best_meta = read_meta(os.path.join(workdir, "best"))
         if best_meta is not None:
-            best = float(best_meta.get("validation_dice", -1.0))
+            best = float(best_meta.get(f"validation_{_selection_key(pcfg)}", -1.0))
         if is_main:
             print(f"resumed from {ckpts.directory}/{start} (step {start} of {total_steps})", flush=True)
     else:
         state = create_train_state(model, tx, pcfg.input_size, int(config.seed), mesh)
+        if isinstance(model, FaceBoxNet) and config.model.get("pretrained_encoder", True):
+            from vitijax.models import retinaface
+
+            params = with_pretrained_encoder(jax.device_get(state.params), retinaface.pretrained_variables()["params"])
+            params = jax.device_put(params, sharding.replicated(mesh))
+            state = state.replace(params=params,
+                                  opt_state=jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(params))
+            if is_main:
+                print("face-box network: encoder initialised from the pretrained RetinaFace MobileNet-0.25", flush=True)
     if start is None and config.get("init_from"):
         variables, _ = load_model(config.init_from, expect=meta)
         params = jax.device_put(variables["params"], sharding.replicated(mesh))
@@ -237,7 +283,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     ckpt_every = int(config.checkpoint_every or total_steps)
     try:
         if is_main:
-            print(f"training DDRNet-{meta['variant']} on {len(train_src)} images ({steps_per_epoch} steps/epoch), "
+            what = "the face-box network" if meta["model"] == "facebox" else f"DDRNet-{meta['variant']}"
+            print(f"training {what} on {len(train_src)} images ({steps_per_epoch} steps/epoch), "
                   f"{total_steps} steps of {gbs} on {len(devices)} device(s) ({jax.devices()[0].platform}); "
                   f"workdir {workdir}", flush=True)
         t_compile = time.perf_counter()
@@ -266,12 +313,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 summary, _ = evaluate_split(ev_fn, variables, eval_src, pcfg, gbs, mesh)
                 writer.write(done, "validation", summary)
                 _print_summary(f"validation at step {done}", summary)
-                if math.isfinite(summary["dice"]) and summary["dice"] > best:
-                    best = summary["dice"]
+                key = _selection_key(pcfg)
+                if math.isfinite(summary[key]) and summary[key] > best:
+                    best = summary[key]
                     # collective: every process calls it. replace: a resumed run may re-reach a step whose
                     # best model the interrupted run had already written.
                     save_model(os.path.join(workdir, "best"), variables,
-                               {**meta, "input": input_meta, "step": done, "validation_dice": best}, step=done,
+                               {**meta, "input": input_meta, "step": done, f"validation_{key}": best}, step=done,
                                keep=1, replace=True)
             if done % ckpt_every == 0 or done == total_steps:
                 _check({k: float(v) for k, v in jax.device_get(values).items()}, done, ckpts)
@@ -282,7 +330,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         summary, rows = evaluate_split(ev_fn, variables, test_src, pcfg, gbs, mesh)
         writer.write(total_steps, "test", summary)
         _print_summary(f"test ({d.test_split}, held-out patients)", summary)
-        result = {"step": total_steps, "test": summary, "best_validation_dice": best}
+        result = {"step": total_steps, "test": summary, f"best_validation_{_selection_key(pcfg)}": best}
         if is_main:
             with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
                 json.dump({**result, "per_image": rows}, f, indent=2, default=float)

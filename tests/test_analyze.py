@@ -1,0 +1,152 @@
+"""launch.export and launch.analyze end to end on small synthetic and real photos (tiny networks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitijax import face
+from vitijax.checkpoint import CheckpointError, load_bundle
+from vitijax.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_runs, tmp_path_factory):
+    from launch import export
+
+    out = str(tmp_path_factory.mktemp("bundle") / "model")
+    assert export.main(["--workdir", tiny_runs["lesion"], "--face-mask-workdir", tiny_runs["face_mask"],
+                        "--face-box-workdir", tiny_runs["face_box"], "--out", out]) == 0
+    return out
+
+
+def _read_mask(path):
+    return (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+
+
+def test_bundle_holds_every_network_and_refuses_what_it_is_not(bundle, tiny_runs, tmp_path, monkeypatch, capsys):
+    from launch import export
+
+    parts, info = load_bundle(bundle)
+    assert sorted(parts) == ["face_box", "face_mask", "lesion"]
+    assert parts["lesion"][1]["input"]["label"] == "vitiligo" and parts["face_mask"][1]["input"]["label"] == "face"
+    assert info["preprocessing"]["crop_margin"] == 0.15 and info["origins"]["lesion"]["config"]["model"]["variant"]
+    with pytest.raises(CheckpointError, match="a training workdir, not an inference bundle"):
+        load_bundle(tiny_runs["lesion"])
+    with pytest.raises(CheckpointError, match="not an inference bundle"):
+        load_bundle(os.path.join(tiny_runs["lesion"], "best"))
+    import vitijax
+
+    monkeypatch.setattr(vitijax, "__version__", "0.9.0")
+    with pytest.raises(CheckpointError, match=r"bundle written by vitijax 0\.1\.0, this is vitijax 0\.9\.0"):
+        load_bundle(bundle)
+    monkeypatch.undo()
+    # a face-mask run given as the lesion network is refused, by name
+    assert export.main(["--workdir", tiny_runs["face_mask"], "--out", str(tmp_path / "b")]) == 2
+    assert "trained to segment 'face', expected 'vitiligo'" in capsys.readouterr().err
+
+
+def test_follow_up_of_synthetic_patients(bundle, tmp_path):
+    """Two patients x two visits x three views through the bundle's own face-box and face-mask networks:
+    every output exists at full resolution, ratios are the masks' counts, changes are against visit 0,
+    and patient names are escaped in HTML."""
+    from launch import analyze
+
+    root = tmp_path / "photos"
+    names = {0: "p<b>&1", 1: "p2"}
+    for i, name in names.items():
+        patient = synthetic.make_patient(5, i)
+        for visit in (0, 1):
+            for view in synthetic.VIEWS:
+                s = synthetic.render(patient, visit, view, (360, 240))
+                d = root / name / str(visit)
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(s.image).save(d / f"{view}.png")
+    out = tmp_path / "out"
+    assert analyze.main(["--model", bundle, str(root), "--out", str(out), "--tta", "--probability",
+                         "--batch-size", "4"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
+    data = json.loads((out / "results.json").read_text())
+    by_key = {(p["patient"], p["visit"], p["view"]): p for p in data["photos"]}
+    for p in data["photos"]:
+        d = out / p["outputs"]
+        fm, lm = _read_mask(d / "face_mask.png"), _read_mask(d / "lesion_mask.png")
+        assert fm.shape == (360, 240) == lm.shape
+        assert not (lm & (1 - fm)).any()  # lesions only inside the face
+        assert p["face_pixels"] == fm.sum() and p["vitiligo_pixels"] == lm.sum()
+        assert p["ratio"] == pytest.approx(100 * lm.sum() / fm.sum())
+        for f in ("overlay.jpg", "probability.png", "uncertainty.png"):
+            assert (d / f).is_file(), f
+        base = by_key[(p["patient"], 0, p["view"])]["ratio"]
+        assert p["change_pp"] == pytest.approx(p["ratio"] - base, abs=1e-9)
+        if base > 0:
+            assert p["repigmentation_pct"] == pytest.approx(100 * (base - p["ratio"]) / base)
+    assert sorted({p["patient"] for p in data["photos"]}) == sorted(names.values())
+    for name in names.values():
+        pdir = out / "patients" / (name if name == "p2" else "p_b_1")
+        report = (pdir / "report.html").read_text()
+        assert (pdir / "timeline.png").is_file() and (pdir / "before_after.png").is_file()
+        assert "<b>&" not in report
+    index = (out / "index.html").read_text()
+    assert "p&lt;b&gt;&amp;1" in index and "<b>&" not in index
+
+
+def test_a_corrupt_file_and_a_photo_without_a_face_do_not_stop_the_batch(bundle, tmp_path):
+    """RetinaFace on real faces (scikit-image's astronaut, at two 'visits'), a corrupt JPEG and a blank
+    photo in one folder: the faces are analysed, the other two are listed with their reasons."""
+    skdata = pytest.importorskip("skimage.data")
+    from launch import analyze
+
+    root = tmp_path / "clinic"
+    for visit in (0, 1):
+        (root / "astro" / str(visit)).mkdir(parents=True)
+        Image.fromarray(skdata.astronaut()).save(root / "astro" / str(visit) / "front.jpg", quality=95)
+    (root / "broken" / "0").mkdir(parents=True)
+    (root / "broken" / "0" / "front.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (root / "nobody" / "0").mkdir(parents=True)
+    Image.fromarray(np.full((400, 300, 3), 128, np.uint8)).save(root / "nobody" / "0" / "left.png")
+    out = tmp_path / "out"
+    assert analyze.main(["--model", bundle, str(root), "--out", str(out), "--detector", "retinaface",
+                         "--face-mask", "ellipse", str(tmp_path / "missing.png")]) == 0
+    rows = {r["patient"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["broken"]["status"] == "failed" and "broken/0/front.jpg" in rows["broken"]["reason"]
+    assert rows["nobody"]["status"] == "no ratio" and rows["nobody"]["flags"] == "no face"
+    assert rows["nobody"]["ratio"] == ""  # undefined, not 0
+    assert rows["astro"]["status"] == "ok" and float(rows["astro"]["box_score"]) > 0.9
+    data = json.loads((out / "results.json").read_text())
+    assert data["not_analysed"] == [{"file": str(tmp_path / "missing.png"), "reason": "no such file or folder"}]
+    index = (out / "index.html").read_text()
+    for what in ("front.jpg", "no face", "missing.png"):
+        assert what in index
+
+
+def test_ground_truth_face_masks_from_a_manifest_paste_back_exactly(bundle, tmp_path):
+    """With the annotated face mask as the source, the written full-resolution face mask is that mask
+    (the crop around the face box holds the whole face, and pasting back is exact)."""
+    from launch import analyze
+
+    lines = ["image,patient,visit,view,face_mask"]
+    truths = {}
+    for i, view in enumerate(synthetic.VIEWS):
+        s = synthetic.render(synthetic.make_patient(6, i), 0, view, (420, 280))
+        Image.fromarray(s.image).save(tmp_path / f"{view}.png")
+        Image.fromarray(s.face_mask * 255).save(tmp_path / f"{view}_face.png")
+        lines.append(f"{view}.png,P{i},0,{view},{view}_face.png")
+        truths[f"P{i}"] = s.face_mask
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert analyze.main(["--model", bundle, "--manifest", str(tmp_path / "manifest.csv"), "--out", str(out),
+                         "--face-mask", "ground_truth"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["photos"]) == 3
+    for p in data["photos"]:
+        np.testing.assert_array_equal(_read_mask(out / p["outputs"] / "face_mask.png"), truths[p["patient"]])
+        assert math.isfinite(p["ratio"])
+        assert face.crop_box(face.int_box(tuple(p["face_box"])))  # the box it used is recorded

@@ -1,0 +1,238 @@
+"""What ``launch.analyze`` writes: per-photo masks and overlays, and the treatment follow-up per patient.
+
+Layout of ``OUT``::
+
+    index.html                 every patient, every photo that could not be analysed and why
+    results.csv, results.json  one row per photo (ratio, change from the first visit, flags, files)
+    photos/<patient>/v<visit>_<view>/
+        face_mask.png, lesion_mask.png   full resolution, 0 / 255
+        overlay.jpg                      the face crop: face outline yellow, lesions green
+        probability.png, uncertainty.png on request / with test-time augmentation (crop-sized, 0-255)
+    patients/<patient>/report.html, timeline.png, before_after.png
+
+Change from the first visit, per patient and view: ``change_pp`` = ratio -
+first ratio (percentage points; negative = less vitiligo), and
+``repigmentation_pct`` = (first - ratio) / first x 100 (the share of the
+first visit's vitiligo that has repigmented; undefined when the first ratio
+is 0 or undefined). Every name that comes from the input is escaped in HTML.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from vitijax.data.io import downscale, write_png
+from vitijax.report.overlay import GREEN, YELLOW, fit_height, grid, outlines
+
+COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "change_pp", "repigmentation_pct",
+           "face_pixels", "vitiligo_pixels", "face_box", "box_score", "flags", "face_median_luminance",
+           "saturated_share", "uncertain_share", "mean_uncertainty", "height", "width", "outputs")
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}img{max-width:100%}
+.flag{color:#b03000}small{color:#666}"""
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe version of a patient id or view (what is not a letter, digit, _ . - becomes _)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[:120] or "x"
+
+
+def photo_dir(out: str, patient: str, visit: int, view: str) -> str:
+    return os.path.join(out, "photos", safe_name(patient), f"v{visit}_{safe_name(view)}")
+
+
+def overlay(photo: np.ndarray, result, max_side: int = 1024) -> np.ndarray:
+    """The face crop [<= max_side] with lesions tinted green and outlined, and the face outline in yellow."""
+    from vitijax import face as face_lib
+
+    box = result.crop_box
+    crop = face_lib.crop(photo, box)
+    face = face_lib.crop(result.face_mask, box)
+    lesion = face_lib.crop(result.lesion_mask, box)
+    scale = min(1.0, max_side / max(crop.shape[:2]))
+    if scale < 1.0:
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
+        face = np.asarray(Image.fromarray(face).resize(size, Image.Resampling.NEAREST))
+        lesion = np.asarray(Image.fromarray(lesion).resize(size, Image.Resampling.NEAREST))
+    tinted = crop.astype(np.float32)
+    sel = lesion > 0
+    tinted[sel] = 0.6 * tinted[sel] + 0.4 * np.asarray(GREEN, np.float32)
+    return outlines(tinted.astype(np.uint8), [(face, YELLOW), (lesion, GREEN)])
+
+
+def write_photo(out: str, inp, photo: np.ndarray, result) -> dict[str, str]:
+    """Writes one analysed photo's pictures; returns {kind: path relative to ``out``} ('outputs': its folder)."""
+    d = photo_dir(out, inp.patient, inp.visit, inp.view)
+    os.makedirs(d, exist_ok=True)
+    files = {}
+    if result.face_mask is not None:
+        write_png(os.path.join(d, "face_mask.png"), result.face_mask * 255)
+        write_png(os.path.join(d, "lesion_mask.png"), result.lesion_mask * 255)
+        Image.fromarray(overlay(photo, result)).save(os.path.join(d, "overlay.jpg"), quality=90)
+        files.update(face_mask="face_mask.png", lesion_mask="lesion_mask.png", overlay="overlay.jpg")
+    else:  # no face or an empty face mask: show what was seen, with the face box if there was one
+        small = downscale(photo, 1024)
+        Image.fromarray(small).save(os.path.join(d, "overlay.jpg"), quality=90)
+        files["overlay"] = "overlay.jpg"
+    for kind, arr in (("probability", result.probability), ("uncertainty", result.uncertainty)):
+        if arr is not None:
+            # uncertainty is a standard deviation of probabilities, at most 0.5: scaled x2 to use the range
+            scale = 255.0 if kind == "probability" else 510.0
+            write_png(os.path.join(d, f"{kind}.png"), np.clip(arr * scale, 0, 255).astype(np.uint8))
+            files[kind] = f"{kind}.png"
+    rel = os.path.relpath(d, out)
+    return {"outputs": rel, **{k: os.path.join(rel, v) for k, v in files.items()}}
+
+
+def add_changes(rows: list[dict[str, Any]]) -> None:
+    """Fills ``change_pp`` and ``repigmentation_pct`` of each row against the patient's first visit with a
+    defined ratio in the same view (NaN where undefined)."""
+    first: dict[tuple[str, str], float] = {}
+    for r in sorted(rows, key=lambda r: (str(r["patient"]), str(r["view"]), r["visit"])):
+        key = (str(r["patient"]), str(r["view"]))
+        ratio = r.get("ratio", math.nan)
+        if key not in first and math.isfinite(ratio):
+            first[key] = ratio
+        base = first.get(key, math.nan)
+        r["change_pp"] = ratio - base if math.isfinite(ratio) and math.isfinite(base) else math.nan
+        r["repigmentation_pct"] = (100.0 * (base - ratio) / base
+                                   if math.isfinite(ratio) and math.isfinite(base) and base > 0 else math.nan)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ";".join(_cell(x) for x in v) if not all(isinstance(x, str) for x in v) else "; ".join(v)
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return "" if v is None else str(v)
+
+
+def _fmt(v, spec=".2f") -> str:
+    return "&ndash;" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """F-Vitiligo over visits, one line per view (matplotlib, Agg)."""
+    from vitijax.report.figures import VIEW_ORDER, plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    views = sorted({str(r["view"]) for r in rows}, key=lambda v: (VIEW_ORDER.index(v) if v in VIEW_ORDER else 9, v))
+    plotted = 0
+    for view in views:
+        pts = sorted((r["visit"], r["ratio"]) for r in rows if str(r["view"]) == view and math.isfinite(r["ratio"]))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=view)
+            plotted += 1
+    ax.set_xlabel("visit")
+    ax.set_ylabel("F-Vitiligo (%)")
+    ax.set_title(f"Patient {patient}", fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if plotted:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no photo with a defined ratio", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def before_after(out: str, rows: Sequence[Mapping[str, Any]], path: str, tile: int = 320) -> bool:
+    """First and last analysed visit side by side, one row per view; False if there is no pair."""
+    tiles = []
+    for view in sorted({str(r["view"]) for r in rows}):
+        ok = sorted((r for r in rows if str(r["view"]) == view and r["status"] == "ok" and "overlay" in r["files"]),
+                    key=lambda r: r["visit"])
+        if len(ok) >= 2:
+            pair = [np.asarray(Image.open(os.path.join(out, ok[i]["files"]["overlay"])).convert("RGB")) for i in (0, -1)]
+            tiles.append([fit_height(p, tile) for p in pair])
+    if not tiles:
+        return False
+    width = max(t.shape[1] for row in tiles for t in row)
+    padded = [[np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in row] for row in tiles]
+    Image.fromarray(grid(padded)).save(path)
+    return True
+
+
+def write_patient(out: str, patient: str, rows: list[dict[str, Any]]) -> str:
+    """patients/<patient>/report.html with the timeline, before/after and the per-photo table; returns its path."""
+    e = html.escape
+    d = os.path.join(out, "patients", safe_name(patient))
+    os.makedirs(d, exist_ok=True)
+    timeline_plot(patient, rows, os.path.join(d, "timeline.png"))
+    has_pair = before_after(out, rows, os.path.join(d, "before_after.png"))
+    up = os.path.relpath(out, d)
+    body = "".join(
+        f"<tr><td>{e(str(r['visit']))}</td><td>{e(str(r['view']))}</td><td>{e(os.path.basename(r['file']))}</td>"
+        f"<td>{_fmt(r['ratio'])}</td><td>{_fmt(r['change_pp'], '+.2f')}</td><td>{_fmt(r['repigmentation_pct'], '.1f')}</td>"
+        f"<td class=flag>{e('; '.join(r['flags']) or r.get('reason', ''))}</td>"
+        + (f'<td><a href="{e(up + "/" + r["files"]["overlay"])}"><img src="{e(up + "/" + r["files"]["overlay"])}" '
+           f'width="160" alt="overlay"></a></td>' if "overlay" in r["files"] else "<td></td>") + "</tr>"
+        for r in sorted(rows, key=lambda r: (r["visit"], str(r["view"]))))
+    ba = ('<h2>Before and after (first and last visit)</h2><img src="before_after.png" alt="before and after">'
+          if has_pair else "")
+    doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vitijax: patient {e(patient)}</title>
+<style>{_STYLE}</style></head><body><p><a href="{e(up)}/index.html">all patients</a></p>
+<h1>Patient {e(patient)}</h1><img src="timeline.png" alt="F-Vitiligo over visits">{ba}
+<h2>Photos</h2><table><tr><th>visit</th><th>view</th><th>file</th><th>F-Vitiligo (%)</th>
+<th>change from first visit (pp)</th><th>repigmentation (%)</th><th>flags</th><th>overlay</th></tr>{body}</table>
+<small>F-Vitiligo = vitiligo pixels / face pixels at full resolution. Repigmentation = share of the first visit's
+F-Vitiligo that is gone. Overlays: face outline yellow, predicted vitiligo green.</small></body></html>"""
+    path = os.path.join(d, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(doc)
+    return path
+
+
+def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple[str, str]], info: Mapping[str, Any]
+                  ) -> dict[str, str]:
+    """results.csv, results.json, one report per patient and index.html; returns their paths."""
+    add_changes(rows)
+    os.makedirs(out, exist_ok=True)
+    paths = {"csv": os.path.join(out, "results.csv"), "json": os.path.join(out, "results.json"),
+             "index": os.path.join(out, "index.html")}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in COLUMNS])
+    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  JSON has no NaN
+    with open(paths["json"], "w") as f:
+        json.dump({"info": info, "photos": [{k: clean(v) for k, v in r.items()} for r in rows],
+                   "not_analysed": [{"file": p, "reason": why} for p, why in problems]}, f, indent=2, default=str)
+    e = html.escape
+    patients = sorted({str(r["patient"]) for r in rows})
+    links = []
+    for pid in patients:
+        prow = [r for r in rows if str(r["patient"]) == pid]
+        report = write_patient(out, pid, prow)
+        ok = sum(r["status"] == "ok" for r in prow)
+        links.append(f'<tr><td><a href="{e(os.path.relpath(report, out))}">{e(pid)}</a></td><td>{len(prow)}</td>'
+                     f"<td>{ok}</td><td>{len({r['visit'] for r in prow})}</td></tr>")
+    failed = [(r["file"], r.get("reason") or "; ".join(r["flags"])) for r in rows if r["status"] != "ok"]
+    failed += list(problems)
+    fail_html = "".join(f"<tr><td>{e(p)}</td><td>{e(why)}</td></tr>" for p, why in failed)
+    nets = "".join(f"<li>{e(k)}: {e(json.dumps(v))}</li>" for k, v in info.get("networks", {}).items())
+    doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vitijax analysis</title>
+<style>{_STYLE}</style></head><body><h1>vitijax analysis</h1>
+<p>{len(rows)} photos of {len(patients)} patients; {sum(r['status'] == 'ok' for r in rows)} with a ratio.
+Tables: <a href="results.csv">results.csv</a>, <a href="results.json">results.json</a>.</p>
+<table><tr><th>patient</th><th>photos</th><th>with a ratio</th><th>visits</th></tr>{''.join(links)}</table>
+<h2>Photos without a ratio</h2><table><tr><th>file</th><th>reason</th></tr>{fail_html or '<tr><td>none</td><td></td></tr>'}</table>
+<h2>Networks</h2><ul>{nets}</ul></body></html>"""
+    with open(paths["index"], "w", encoding="utf-8") as f:
+        f.write(doc)
+    return paths

@@ -1,0 +1,132 @@
+"""A trained DDRNet applied to face crops of any size: the face-mask network and the lesion network.
+
+:class:`Segmenter` holds a DDRNet's variables and meta (from a model
+checkpoint: a training workdir's ``best/`` or ``launch.convert`` output; or
+from an inference bundle, :mod:`vitijax.bundle`). The meta says what the
+network was trained on (input size, label, whether the input is masked), and
+crops are prepared exactly as training's evaluation prepares them
+(``data.pipeline.prepare``: resize to the input size, mask, ImageNet
+normalisation). The main head's class probabilities (softmax, 1/8 of the
+input) are resized bilinearly (half-pixel) straight to the crop's size, and
+the argmax is the mask. Crops of several photos go through the network as one batch; one
+compilation serves every batch of a given size.
+
+Test-time augmentation: ``flips`` adds the mirrored crop, ``scales`` runs
+the network at other input sizes (multiples of 8 near ``scale x`` the trained
+size). Class probabilities are averaged over the members, and the standard
+deviation of the lesion (class 1) probability across them is the per-pixel
+uncertainty.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def resize_channels(a: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """[h, w, c] or [h, w] float -> [H, W(, c)] float32, bilinear with half-pixel centres (on the host)."""
+    h, w = size_hw
+    if a.ndim == 2:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(a, np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+    return np.stack([resize_channels(a[..., k], size_hw) for k in range(a.shape[-1])], axis=-1)
+
+
+class Segmenter:
+    """A DDRNet and how to feed it. ``expect_label`` ("face" or "vitiligo") refuses a network trained for
+    the other task; ``where`` names the checkpoint in messages."""
+
+    def __init__(self, variables: dict, meta: dict, *, where: str, expect_label: str | None = None):
+        import jax
+
+        from vitijax.checkpoint import CheckpointError
+        from vitijax.data.pipeline import PipelineConfig
+        from vitijax.models.ddrnet import DDRNet
+
+        if meta.get("model") != "ddrnet":
+            raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not a DDRNet")
+        inp = meta.get("input")
+        if not inp:
+            raise CheckpointError(f"{where}: its meta does not say what input the network was trained on "
+                                  "(a launch.convert checkpoint: evaluate it with launch.evaluate --input-size, or "
+                                  "fine-tune it with launch.train, whose best/ records the input)")
+        if expect_label and inp.get("label") != expect_label:
+            raise CheckpointError(f"{where}: a network trained to segment {inp.get('label')!r}, not {expect_label!r}")
+        self.where, self.meta = where, meta
+        self.cfg = PipelineConfig(input_size=tuple(inp["size"]), label=inp.get("label", "vitiligo"),
+                                  mask_input=bool(inp.get("mask_input", True)))
+        model = DDRNet(meta["variant"], int(meta["num_classes"]), bool(meta["aux_head"]))
+
+        def forward(v, x):
+            out = model.apply(v, x, train=False)
+            return jax.nn.softmax((out[0] if isinstance(out, tuple) else out).astype(np.float32), axis=-1)
+
+        self._variables = jax.device_put({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+        self._fwd = jax.jit(forward)
+
+    @classmethod
+    def load(cls, model_dir: str, *, expect_label: str | None = None) -> "Segmenter":
+        """From a model checkpoint directory (or a training workdir, whose ``best/`` is taken)."""
+        from vitijax.checkpoint import load_model, resolve_model_dir
+
+        directory = resolve_model_dir(model_dir)
+        variables, meta = load_model(directory)
+        return cls(variables, meta, where=directory, expect_label=expect_label)
+
+    @property
+    def label(self) -> str:
+        return self.cfg.label
+
+    def probabilities(self, crops: Sequence[np.ndarray], face_masks: Sequence[np.ndarray] | None = None, *,
+                      flips: bool = False, scales: Sequence[float] = (1.0,)) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """For each crop [h, w, 3] uint8 (and its face mask [h, w] {0, 1} if the network takes masked
+        input): (class probabilities [h', w', classes] at the network's output resolution for the
+        trained input size, float32; std of the class-1 probability over the TTA members [h', w'], or
+        None without TTA)."""
+        import dataclasses
+
+        from vitijax.data.pipeline import prepare
+
+        if self.cfg.mask_input and face_masks is None:
+            raise ValueError(f"{self.where}: this network was trained on masked crops; give the face masks")
+        base_h, base_w = self.cfg.input_size
+        out_hw = (base_h // 8, base_w // 8)
+        members: list[list[np.ndarray]] = [[] for _ in crops]
+        for scale in scales:
+            size = (max(8, round(base_h * scale / 8) * 8), max(8, round(base_w * scale / 8) * 8))
+            cfg = dataclasses.replace(self.cfg, input_size=size)
+            xs = []
+            for i, crop in enumerate(crops):
+                crop = np.asarray(crop, np.uint8)
+                h, w = crop.shape[:2]
+                face = np.ones((h, w), np.uint8) if face_masks is None else np.asarray(face_masks[i], np.uint8)
+                if face.shape != (h, w):
+                    raise ValueError(f"face mask of shape {face.shape} for a crop of {(h, w)}")
+                x = prepare({"image": crop, "face_mask": face, "vitiligo_mask": np.zeros((h, w), np.uint8)},
+                            cfg)["image"]
+                xs += [x, x[:, ::-1]] if flips else [x]
+            probs = np.asarray(self._fwd(self._variables, np.stack(xs)))
+            per = 2 if flips else 1
+            for i in range(len(crops)):
+                for k in range(per):
+                    p = probs[i * per + k]
+                    p = p[:, ::-1] if k == 1 else p
+                    members[i].append(p if p.shape[:2] == out_hw else resize_channels(p, out_hw))
+        result = []
+        for ms in members:
+            stack = np.stack(ms)
+            result.append((stack.mean(0), stack[..., 1].std(0) if len(ms) > 1 else None))
+        return result
+
+    def __call__(self, crop: np.ndarray, face_mask: np.ndarray | None = None) -> np.ndarray:
+        """The predicted class of every pixel of one crop, uint8 [h, w]."""
+        probs, _ = self.probabilities([crop], None if face_mask is None else [face_mask])[0]
+        return np.argmax(resize_channels(probs, crop.shape[:2]), axis=-1).astype(np.uint8)
+
+    def describe(self) -> dict[str, Any]:
+        """What this network is, for reports."""
+        m = self.meta
+        return {"checkpoint": self.where, "variant": m.get("variant"), "input": m.get("input"),
+                "step": m.get("step"), "validation_dice": m.get("validation_dice")}

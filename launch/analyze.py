@@ -51,8 +51,6 @@ def build_analyzer(a):
     if detector == "face-box" and "face_box" not in parts:
         raise ValueError(f"{a.model}: the bundle has no face-box network; export one with "
                          "launch.export --face-box-workdir, or choose --detector retinaface")
-    if mask_kind == "ellipse" and detector != "retinaface":
-        detector = "retinaface"  # the ellipse follows RetinaFace's landmarks
     box_model = face_lib.FaceBoxModel(*parts["face_box"], where=f"{a.model} (face box)") \
         if detector == "face-box" else None
     scales = (0.75, 1.0, 1.25) if a.tta else (1.0,)
@@ -65,7 +63,7 @@ def build_analyzer(a):
                 "source": "face-box network", **{k: parts["face_box"][1].get(k) for k in ("step", "validation_iou")}},
             "tta": {"flips": analyzer.flips, "scales": list(analyzer.scales)}}
     return analyzer, {"bundle": os.path.abspath(a.model), "vitijax_version": info.get("vitijax_version"),
-                      "networks": nets}
+                      "networks": nets, "face_mask": mask_kind, "detector": detector}
 
 
 def analyze_batch(analyzer, batch, out, needs_truth):
@@ -107,7 +105,11 @@ def analyze_batch(analyzer, batch, out, needs_truth):
         if res is None:
             continue
         row.update(res.summary())
-        row["files"] = write_photo(out, inp, photo, res)
+        try:
+            row["files"] = write_photo(out, inp, photo, res)
+        except OSError as e:
+            row["reason"] = f"{inp.path}: could not write its outputs: {e}"
+            continue
         row["outputs"] = row["files"]["outputs"]
         if math.isfinite(res.ratio):
             row["status"] = "ok"
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no photos to analyse", file=sys.stderr)
         return 2
     print(f"analysing {len(inputs)} photos with {a.model} (lesion {info['networks']['lesion'].get('variant')}, "
-          f"face mask {a.face_mask or 'auto'}, detector {a.detector}) -> {a.out}", flush=True)
+          f"face mask {info['face_mask']}, face box {info['detector']}) -> {a.out}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     rows = []
     t0 = time.perf_counter()

@@ -90,7 +90,10 @@ def test_follow_up_of_synthetic_patients(bundle, tmp_path):
             assert p["repigmentation_pct"] == pytest.approx(100 * (base - p["ratio"]) / base)
     assert sorted({p["patient"] for p in data["photos"]}) == sorted(names.values())
     for name in names.values():
-        pdir = out / "patients" / (name if name == "p2" else "p_b_1")
+        from vitijax.report.followup import safe_name
+
+        pdir = out / "patients" / safe_name(name)
+        assert pdir.name == name or pdir.name.startswith("p_b_1-")
         report = (pdir / "report.html").read_text()
         assert (pdir / "timeline.png").is_file() and (pdir / "before_after.png").is_file()
         assert "<b>&" not in report
@@ -150,3 +153,23 @@ def test_ground_truth_face_masks_from_a_manifest_paste_back_exactly(bundle, tmp_
         np.testing.assert_array_equal(_read_mask(out / p["outputs"] / "face_mask.png"), truths[p["patient"]])
         assert math.isfinite(p["ratio"])
         assert face.crop_box(face.int_box(tuple(p["face_box"])))  # the box it used is recorded
+
+
+def test_photo_inputs_from_layout_folders_files_and_a_manifest(tmp_path):
+    from vitijax.data.photos import find_photos
+    from vitijax.report.followup import safe_name
+
+    for rel in ("P01/v1/front.jpg", "P01/v2/left.png", "P01/v2/notes.txt", "loose/IMG_7.tif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "m.csv").write_text("image,patient,visit,view\nP01/v1/front.jpg,Q,3,Front\nx.jpg,Q,later,left\n")
+    # a patient's folder given directly still reads patient and visit from the path
+    photos, problems = find_photos([str(tmp_path / "P01"), str(tmp_path / "loose" / "IMG_7.tif"),
+                                    str(tmp_path / "nope")], str(tmp_path / "m.csv"))
+    assert [(p.patient, p.visit, p.view) for p in photos] == [("P01", 1, "front"), ("P01", 2, "left"),
+                                                              ("IMG_7", 0, "unknown"), ("Q", 3, "front")]
+    assert problems == [(str(tmp_path / "nope"), "no such file or folder"),
+                        (f"{tmp_path / 'm.csv'}:3", "visit 'later' is not a number")]
+    # folder names: distinct ids stay distinct, nothing escapes upwards
+    assert safe_name("P01") == "P01" and safe_name("a b") != safe_name("a_b")
+    assert ".." not in safe_name("..").split("-")[0] and "/" not in safe_name("../x")

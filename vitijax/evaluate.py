@@ -119,7 +119,7 @@ def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineCon
     side = pcfg.input_size[0]
     rows: list[dict[str, Any]] = []
     for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
-                              shard_count=jax.process_count(), keys=("patient", "visit", "view", "face_box")):
+                              shard_count=jax.process_count(), keys=("patient", "visit", "view", "face_box", "original_size")):
         arrays = {"image": batch["image"], "valid": batch["valid"], "index": batch["index"].astype(np.int32)}
         out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
         mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
@@ -130,6 +130,7 @@ def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineCon
                 coeffs, to_orig = batch["coeffs"][j], batch["to_original"][j]
                 ids = {k: _plain(batch[k][j]) for k in ("patient", "visit", "view")}
                 true_box = np.asarray(batch["face_box"][j], np.float64)
+                size = np.asarray(batch["original_size"][j], np.float64)
             else:  # another host's example: recompute its geometry from the source
                 from vitijax.data.pipeline import prepare
 
@@ -138,7 +139,9 @@ def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineCon
                 coeffs, to_orig = prepared["coeffs"], prepared["to_original"]
                 ids = {k: _plain(ex.get(k)) for k in ("patient", "visit", "view")}
                 true_box = np.asarray(ex["face_box"], np.float64)
-            pred = box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2)
+                size = np.asarray(ex["original_size"], np.float64)
+            # in original pixels, clipped to the photo as FaceBoxModel clips it in analysis
+            pred = np.clip(box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2), 0, np.tile(size[::-1], 2))
             iou = float(np.asarray(box_iou(pred, true_box)))
             cx0, cy0, cx1, cy1 = face_lib.crop_box(face_lib.int_box(tuple(pred)), margin)
             holds = bool(cx0 <= true_box[0] and cy0 <= true_box[1] and cx1 >= true_box[2] and cy1 >= true_box[3])

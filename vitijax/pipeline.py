@@ -97,7 +97,7 @@ class Analyzer:
         else:
             dets = face_lib.detect(photo, long_side=self.detect_long_side)
             det = face_lib.choose_face(dets)
-            if det is not None and sum(d.score >= 0.8 * det.score for d in dets) > 1:
+            if det is not None and sum(d.score >= 0.8 * dets[0].score for d in dets) > 1:  # dets: best first
                 result.flags.append("several faces")
         if det is None or det.box[2] - det.box[0] < 2 or det.box[3] - det.box[1] < 2:
             result.flags.append("no face")

@@ -146,6 +146,8 @@ def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh) -> tupl
     """
     rows, _ = evaluation.evaluate(ev_step, variables, source, pcfg, global_batch, mesh)
     if pcfg.label == "box":
+        if not rows:
+            raise ValueError("the evaluation split is empty: no face box to evaluate")
         s = evaluation.summarize_boxes(rows)
         return {k: v for k, v in s.items() if k != "by_view"}, rows
     s = evaluation.summarize(rows)

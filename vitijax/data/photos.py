@@ -35,9 +35,10 @@ class PhotoInput:
     face_mask: str | None = None
 
 
-def _from_path(path: str, root: str | None) -> PhotoInput:
-    rel = os.path.relpath(path, root) if root else path
-    parts = os.path.normpath(rel).split(os.sep)
+def _from_path(path: str) -> PhotoInput:
+    # The whole absolute path, not the part below a given folder: a user may pass a patient's or a
+    # visit's folder, and the layout still reads from the last three parts.
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
     stem = os.path.splitext(parts[-1])[0]
     if len(parts) >= 3:
         visit = parse_visit(parts[-2])
@@ -61,12 +62,12 @@ def find_photos(paths: Sequence[str], manifest: str | None = None) -> tuple[list
                 dirnames.sort()
                 for name in sorted(files):
                     if os.path.splitext(name)[1].lower() in PHOTO_EXTS:
-                        photos.append(_from_path(os.path.join(dirpath, name), p))
+                        photos.append(_from_path(os.path.join(dirpath, name)))
                         found += 1
             if not found:
                 problems.append((p, f"folder holds no photos ({', '.join(PHOTO_EXTS)})"))
         elif os.path.isfile(p):
-            photos.append(_from_path(p, None))
+            photos.append(_from_path(p))
         else:
             problems.append((p, "no such file or folder"))
     if manifest:

@@ -170,7 +170,11 @@ def prepare_photo(photo: np.ndarray, cfg: PipelineConfig, box=None,
         coeffs = _affine(photo.shape[:2], cfg.input_size, scale=rng.uniform(*cfg.scale_range),
                          shift=tuple(rng.uniform(-0.1, 0.1, 2)), flip=flip, keep_aspect=True)
     img = _warp(photo, coeffs, cfg.input_size, Image.Resampling.BILINEAR)
-    x = img.astype(np.float32) if rng is None else _photometric(img, cfg, rng)
+    x = img.astype(np.float32)
+    if rng is not None:
+        # jitter the photo, not the bars around it: they stay black as in inference
+        inside = _warp(np.ones(photo.shape[:2], np.uint8), coeffs, cfg.input_size, Image.Resampling.NEAREST)
+        x = _photometric(img, cfg, rng) * inside[..., None]
     out = {"image": preprocess(x)[0].astype(np.float32), "coeffs": np.asarray(coeffs, np.float64)}
     if box is not None:
         s = cfg.input_size[0]

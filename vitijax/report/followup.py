@@ -43,8 +43,16 @@ th{background:#f3f3f3}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}img{
 
 
 def safe_name(name: str) -> str:
-    """A file-system-safe version of a patient id or view (what is not a letter, digit, _ . - becomes _)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[:120] or "x"
+    """A file-system-safe, collision-free folder name for a patient id or view: letters, digits, _ . - kept,
+    the rest replaced by _, plus a short hash of the original when anything was replaced (so "a b" and
+    "a_b" stay apart) and never a name of dots only."""
+    import hashlib
+
+    name = str(name)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100]
+    if safe != name or not safe.strip("."):
+        safe = f"{safe.strip('.') or 'x'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return safe
 
 
 def photo_dir(out: str, patient: str, visit: int, view: str) -> str:

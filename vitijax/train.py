@@ -188,12 +188,10 @@ def _print_summary(title: str, s: Mapping[str, float]) -> str:
         line = (f"{title}: face box IoU {100 * s['iou']:.2f}  recall@0.5 {100 * s['recall_50']:.2f}  "
                 f"recall@0.75 {100 * s['recall_75']:.2f}  crop holds the whole face {100 * s['crop_holds_face']:.2f} "
                 f"({s['images']} photos, %)")
-        if jax.process_index() == 0:
-            print(line, flush=True)
-        return line
-    line = (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
-            f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
-            f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  ({s['images']} images; face region, pooled pixels, %)")
+    else:
+        line = (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
+                f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
+                f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  ({s['images']} images; face region, pooled pixels, %)")
     if jax.process_index() == 0:
         print(line, flush=True)
     return line

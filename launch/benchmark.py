@@ -198,8 +198,6 @@ def bench_analyze(repeats: int) -> dict:
 def bench_face(face_box_dir: str | None, per_view: int, repeats: int) -> dict:
     """Face finders on synthetic photos: recall (IoU >= 0.5 with the true face box) on ``per_view`` photos
     per view at 1024x688, and seconds per full-resolution 2832x4240 photo (median of ``repeats``)."""
-    import numpy as np
-
     from vitijax import face
     from vitijax.data import synthetic
     from vitijax.evaluate import box_iou

@@ -45,7 +45,7 @@ def random_variables(shapes, seed: int = 0):
 def tiny_runs(tmp_path_factory) -> dict[str, str]:
     """Training workdirs of the three tiny networks, trained once per session by launch.train's own function:
     'lesion' and 'face_mask' (DDRNet test width at 64x64, 40 and 150 steps) and 'face_box' (the face-box
-    network's `tiny` config: pretrained encoder, 60 steps at 160x160)."""
+    network's `tiny` config: pretrained encoder, 120 steps at 160x160)."""
     from launch.configs import face_box, test
     from vitijax.train import train_and_evaluate
 

@@ -38,10 +38,10 @@ def get_config(data: str = "synthetic"):
         c.data.update(patients=10, visits=1, photo_size=(240, 160))
         c.input.size = (160, 160)
         c.batch_size = 8
-        c.num_steps = 60
-        c.log_every = 20
-        c.eval_every = 60
-        c.checkpoint_every = 60
+        c.num_steps = 120
+        c.log_every = 40
+        c.eval_every = 120
+        c.checkpoint_every = 120
     else:
         raise ValueError(f"data must be 'synthetic', 'folder' or 'tiny', got {data!r}")
     return c

@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from vitijax import face  # noqa: E402
+from vitijax.evaluate import box_iou  # noqa: E402
 from vitijax.models import retinaface as rf  # noqa: E402
 
 
@@ -31,11 +32,6 @@ def flax_and_onnx():
     model = rf.RetinaFace()
     return jax.jit(lambda x: model.apply(variables, x)), ort.InferenceSession(data)
 
-
-def box_iou(a, b):
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.mark.parametrize("name", list(photos()))

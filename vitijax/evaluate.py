@@ -142,7 +142,7 @@ def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineCon
                 size = np.asarray(ex["original_size"], np.float64)
             # in original pixels, clipped to the photo as FaceBoxModel clips it in analysis
             pred = np.clip(box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2), 0, np.tile(size[::-1], 2))
-            iou = float(np.asarray(box_iou(pred, true_box)))
+            iou = box_iou(pred, true_box)
             cx0, cy0, cx1, cy1 = face_lib.crop_box(face_lib.int_box(tuple(pred)), margin)
             holds = bool(cx0 <= true_box[0] and cy0 <= true_box[1] and cx1 >= true_box[2] and cy1 >= true_box[3])
             rows.append({"index": index, **ids, "box_pred": [round(float(v), 1) for v in pred],

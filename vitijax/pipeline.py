@@ -67,6 +67,16 @@ class PhotoResult:
                 "height": self.height, "width": self.width, **self.quality}
 
 
+def _inside_photo(box: face_lib.Box, photo_hw: tuple[int, int]) -> np.ndarray:
+    """uint8 [crop h, crop w]: 1 where the crop ``box`` lies inside the photo (an outer product of
+    row and column ranges, not a photo-sized array)."""
+    x0, y0, x1, y1 = box
+    h, w = photo_hw
+    rows = ((np.arange(y0, y1) >= 0) & (np.arange(y0, y1) < h)).astype(np.uint8)
+    cols = ((np.arange(x0, x1) >= 0) & (np.arange(x0, x1) < w)).astype(np.uint8)
+    return rows[:, None] * cols[None, :]
+
+
 class Analyzer:
     """The analysis chain with its networks.
 
@@ -125,7 +135,7 @@ class Analyzer:
         lesion_in = []
         for i, box, face in zip(idx, boxes, faces):
             # The crop's zero-filled part beyond the photo's edge is not face, whatever a network says.
-            face = face & face_lib.crop(np.ones(photos[i].shape[:2], np.uint8), box)
+            face = face * _inside_photo(box, photos[i].shape[:2])
             if not face.any():
                 results[i].flags.append("empty face mask")
                 continue

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vitijax.convert import ddrnet_state_dict_from_variables, ddrnet_variables_from_torch
-from vitijax.losses import ddrnet_loss, ohem_cross_entropy
+from vitijax.losses import ddrnet_loss, kth_smallest_nonnegative, ohem_cross_entropy
 from vitijax.models.ddrnet import DDRNet
 
 
@@ -149,3 +149,16 @@ def test_official_loss_and_gradients(reference_dir, reference):
     for k in ("conv1.0.weight", "spp.compression.2.weight", "layer3_.0.conv1.weight"):
         a, b = g[k].ravel(), reference[f"grad/{k}"].ravel()
         assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.999, k
+
+
+def test_kth_smallest_equals_numpy_sort_bit_for_bit():
+    r = np.random.default_rng(5)
+    # Probabilities with exact zeros and ones, many ties, subnormals and the 2.0 fill of ignored pixels.
+    x = np.concatenate([r.random(5000), np.zeros(40), np.ones(30), np.full(200, 0.5), np.full(70, 2.0),
+                        np.array([1e-40, 1e-45, 3e-39]), r.random(100) ** 30]).astype(np.float32)
+    r.shuffle(x)
+    want = np.sort(x)
+    f = jax.jit(kth_smallest_nonnegative)
+    for k in [0, 1, 2, 3, 39, 40, 41, 45, 2500, 2600, 5000, x.size - 71, x.size - 70, x.size - 1]:
+        got = np.asarray(f(jnp.asarray(x), k))
+        assert got.tobytes() == want[k].tobytes(), (k, got, want[k])

@@ -1,8 +1,10 @@
 """Speed of vitijax's DDRNet on this machine: ``python -m launch.benchmark [--quick] [--out FILE.json]``.
 
 Rows (medians over repeated runs after warm-up; compile time measured apart):
-  * eval forward images/s at 4x512x512 and 1x1024x1024, per variant;
-  * train step (forward, backward, OHEM + 0.4 aux OHEM, AdamW) at 4x512x512;
+  * eval forward images/s at 4x512x512 and 1x1024x1024, per variant, and with
+    ``--wide`` (default on a GPU) at 1x1024x2048, the paper's 102 FPS anchor;
+  * train step (forward, backward, OHEM + 0.4 aux OHEM, AdamW) at 4x512x512, and
+    with ``--bf16`` (default on a GPU) the same in bfloat16 activations;
   * achieved GFLOP/s from the official multiply-add counts (2 FLOP per MAC;
     36.28 / 143.06 / 281.12 GMAC at 1024x2048 for 23-slim / 23 / 39, scaled by
     pixels), and its share of this machine's float32 matrix-multiply rate,
@@ -54,7 +56,12 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * n**3 / med / 1e9
 
 
-def bench_variant(variant: str, repeats: int, sizes) -> list[dict]:
+def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) -> list[dict]:
+    """Eval-forward rows at each (b, h, w) of ``sizes``, then a 4x512x512 train-step row per dtype.
+
+    bfloat16 computes activations in bfloat16 with float32 parameters, batch
+    statistics and loss (``model.dtype`` of the training config).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -81,28 +88,30 @@ def bench_variant(variant: str, repeats: int, sizes) -> list[dict]:
                      "runs": len(times)})
     # Train step at 4x512x512 with the trainer's own step (aux head on, OHEM, AdamW).
     c = base_config()
-    c.model.variant = variant
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    tm = make_model(c.model)
-    tx, sched = make_optimizer(c.optimizer, 1000)
-    state = create_train_state(tm, tx, (512, 512), 0, mesh)
-    step, _ = compile_steps(tm, tx, c.loss, sched, mesh)
-    r = np.random.default_rng(0)
-    batch = sharding.global_batch({"image": r.standard_normal((4, 512, 512, 3)).astype(np.float32),
-                                   "label": r.integers(0, 2, (4, 512, 512)).astype(np.int32)}, mesh)
-    holder = {"state": state}
+    for dtype in train_dtypes:
+        c.model.variant, c.model.dtype = variant, dtype
+        mesh = sharding.make_mesh(jax.devices()[:1])
+        tm = make_model(c.model)
+        tx, sched = make_optimizer(c.optimizer, 1000)
+        state = create_train_state(tm, tx, (512, 512), 0, mesh)
+        step, _ = compile_steps(tm, tx, c.loss, sched, mesh)
+        r = np.random.default_rng(0)
+        batch = sharding.global_batch({"image": r.standard_normal((4, 512, 512, 3)).astype(np.float32),
+                                       "label": r.integers(0, 2, (4, 512, 512)).astype(np.int32)}, mesh)
+        holder = {"state": state}
 
-    def one():
-        holder["state"], m = step(holder["state"], batch)
-        jax.block_until_ready(m)
+        def one():
+            holder["state"], m = step(holder["state"], batch)
+            jax.block_until_ready(m)
 
-    t = time.perf_counter()
-    one()
-    compile_s = time.perf_counter() - t
-    med, times = _median_time(one, repeats)
-    gflop = 3 * 2 * GMAC_1024x2048[variant] * (512 * 512) / (1024 * 2048) * 4  # forward + ~2x for backward
-    rows.append({"variant": variant, "what": "train step 4x512x512", "seconds": med, "images_per_s": 4 / med,
-                 "gflops": gflop / med, "first_call_s": compile_s, "runs": len(times)})
+        t = time.perf_counter()
+        one()
+        compile_s = time.perf_counter() - t
+        med, times = _median_time(one, repeats)
+        gflop = 3 * 2 * GMAC_1024x2048[variant] * (512 * 512) / (1024 * 2048) * 4  # forward + ~2x for backward
+        what = "train step 4x512x512" + ("" if dtype == "float32" else f" {dtype}")
+        rows.append({"variant": variant, "what": what, "seconds": med, "images_per_s": 4 / med,
+                     "gflops": gflop / med, "first_call_s": compile_s, "runs": len(times)})
     return rows
 
 
@@ -230,10 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="23-slim only, 3 repeats")
     p.add_argument("--variants", nargs="+", choices=list(GMAC_1024x2048), help="default: all (quick: 23-slim)")
     p.add_argument("--repeats", type=int, help="timed runs per row (default 5; quick 3)")
+    p.add_argument("--wide", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the forward at 1x1024x2048, the paper's speed anchor (default: on a GPU)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="also a bfloat16 train-step row (default: on a GPU)")
     p.add_argument("--out", default="benchmark_out/benchmark.json")
     p.add_argument("--face-box", help="a trained face-box network (workdir or checkpoint) for the face rows")
-    p.add_argument("--face-photos", type=int, default=0,
-                   help="synthetic photos per view for the face-finder recall rows (default 0: skipped; quick: 10)")
+    p.add_argument("--face-photos", type=int,
+                   help="synthetic photos per view for the face-finder recall rows (default: skipped; quick: 10)")
     a = p.parse_args(argv)
 
     import jax
@@ -248,18 +261,21 @@ def main(argv: list[str] | None = None) -> int:
            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "compilation_cache": cache or "off"}
     print("  ".join(f"{k}: {v}" for k, v in env.items()), flush=True)
+    on_gpu = dev.platform == "gpu"
+    sizes = [(4, 512, 512), (1, 1024, 1024)] + ([(1, 1024, 2048)] if (on_gpu if a.wide is None else a.wide) else [])
+    train_dtypes = ("float32", "bfloat16") if (on_gpu if a.bf16 is None else a.bf16) else ("float32",)
     peak = matmul_gflops(repeats)
     print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s (median of {repeats})", flush=True)
     rows = []
     for v in variants:
-        for row in bench_variant(v, repeats, [(4, 512, 512), (1, 1024, 1024)]):
+        for row in bench_variant(v, repeats, sizes, train_dtypes):
             row["share_of_matmul_peak"] = row["gflops"] / peak
             rows.append(row)
-            print(f"{row['variant']:8s} {row['what']:26s} {row['seconds']:8.3f} s  {row['images_per_s']:7.2f} img/s  "
+            print(f"{row['variant']:8s} {row['what']:35s} {row['seconds']:8.3f} s  {row['images_per_s']:7.2f} img/s  "
                   f"{row['gflops']:6.1f} GFLOP/s ({100 * row['share_of_matmul_peak']:4.1f}% of matmul)  "
                   f"first call {row['first_call_s']:.1f} s", flush=True)
     pipe = bench_pipeline(repeats)
-    train = next(r for r in rows if r["what"].startswith("train") and r["variant"] == variants[0])
+    train = next(r for r in rows if r["what"] == "train step 4x512x512" and r["variant"] == variants[0])
     print(f"{pipe['what']}: {pipe['images_per_s']:.1f} img/s vs {train['images_per_s']:.2f} img/s consumed by the "
           f"{variants[0]} train step ({pipe['images_per_s'] / train['images_per_s']:.0f}x headroom)", flush=True)
     analyze = bench_analyze(repeats)
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{analyze['first_call_s']:.1f} s), peak RSS {analyze['peak_rss_gb']:.2f} GB", flush=True)
     else:
         print(f"{analyze['what']}: {analyze['status']}", flush=True)
-    per_view = a.face_photos or (10 if a.quick else 0)
+    per_view = a.face_photos if a.face_photos is not None else (10 if a.quick else 0)
     faces = bench_face(a.face_box, per_view, repeats) if per_view else {}
     for name, r in faces.items():
         recall = "  ".join(f"{v} {100 * x:.0f}%" for v, x in r["recall_by_view"].items())

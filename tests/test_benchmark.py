@@ -1,0 +1,66 @@
+"""vitijax's XLA defaults take effect, and ``launch.benchmark --quick`` prints and writes every row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
+from vitijax import xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAG = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def test_defaults_respect_the_users_flags_and_the_off_switch():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert xla_flags.apply_defaults(env) == (
+        f"--xla_force_host_platform_device_count=2 --{FLAG}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+    assert env["XLA_FLAGS"].endswith("INDIVIDUAL_DOT")
+    mine = {"XLA_FLAGS": f"--{FLAG}=LIBRARY_FUSION_TYPE_DOT"}
+    assert xla_flags.apply_defaults(mine) == f"--{FLAG}=LIBRARY_FUSION_TYPE_DOT"
+    off = {"VITIJAX_XLA_DEFAULTS": "off"}
+    assert xla_flags.apply_defaults(off) == "" and "XLA_FLAGS" not in off
+
+
+def _compiled(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def test_convolutions_leave_ynnpack_and_matmuls_stay():
+    """This process imported vitijax before its first computation (conftest), so the default is live:
+    a DDRNet-sized convolution compiles to XLA's own kernel, not a YNNPACK fusion (which this jaxlib
+    picks for it by default, at 1.3-2.2x the time), and a matmul keeps YNNPACK."""
+    if jax.devices()[0].platform != "cpu":
+        pytest.skip("an XLA CPU option: nothing to check on another backend")
+    x, k = jnp.ones((1, 64, 64, 32)), jnp.ones((3, 3, 32, 32))
+    conv = _compiled(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)
+    assert "convolution(" in conv and "__ynn_fusion" not in conv
+    a = jnp.ones((256, 256))
+    assert "__ynn_fusion" in _compiled(lambda a: a @ a, a)
+
+
+def test_quick_benchmark_prints_and_writes_every_row(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "launch.benchmark", "--quick", "--repeats", "1", "--face-photos", "2",
+                        "--out", str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = r.stdout
+    for row in ["xla_flags: ", "float32 matmul 2048^3", "eval forward 4x512x512", "eval forward 1x1024x1024",
+                "train step 4x512x512", "input pipeline", "analyze one 2832x4240 photo", "face finder RetinaFace"]:
+        assert row in text, f"{row!r} missing from:\n{text}"
+    assert f"--{FLAG}=" in text  # the XLA flags in force are printed
+    res = json.loads(out.read_text())
+    assert res["matmul_gflops"] > 0 and [r["what"] for r in res["rows"]] == [
+        "eval forward 4x512x512", "eval forward 1x1024x1024", "train step 4x512x512"]
+    assert all(row["seconds"] > 0 and row["share_of_matmul_peak"] > 0 for row in res["rows"])
+    assert res["analyze"]["status"] == "ok" and 0 < res["analyze"]["peak_rss_gb"] < 8
+    assert res["face"]["RetinaFace"]["photos_per_view"] == 2

@@ -141,13 +141,30 @@ def bench_pipeline(repeats: int) -> dict:
             "runs": repeats}
 
 
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory in GiB.
+
+    Linux's ``VmHWM`` is the high-water mark of this process's own address space. ``ru_maxrss`` is not:
+    it survives ``exec``, so a child started by a large parent (the benchmark, after the DDRNet-39 rows)
+    reports the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux; not on macOS
+
+
 def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
     """Runs in a fresh process (peak RSS is per process): one photo through launch.analyze's own steps
     (read, face box, crop, face mask, lesion network, paste back, write PNGs and overlay), DDRNet-23-slim
     at 512x512 for both segmenters, the face-box network for the box. Weights are random (speed does not
     depend on them; the face-box head starts at the centred box of half the photo, a realistic crop)."""
-    import resource
-
     import jax
 
     from launch.analyze import analyze_batch
@@ -177,7 +194,7 @@ def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
     first = time.perf_counter() - t0
     med, times = _median_time(lambda: analyze_batch(analyzer, inp, out_dir, False), repeats)
     return {"what": "analyze one 2832x4240 photo (23-slim, 512x512 inputs)", "seconds": med, "first_call_s": first,
-            "runs": len(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "runs": len(times), "peak_rss_gb": _peak_rss_gb(),
             "status": row["status"], "crop_box": row.get("crop_box")}
 
 
@@ -248,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--face-photos", type=int,
                    help="synthetic photos per view for the face-finder recall rows (default: skipped; quick: 10)")
     a = p.parse_args(argv)
+    if a.face_photos is not None and a.face_photos < 0:
+        p.error(f"--face-photos must be 0 or more, got {a.face_photos}")
 
     import jax
 
@@ -264,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = dev.platform == "gpu"
     sizes = [(4, 512, 512), (1, 1024, 1024)] + ([(1, 1024, 2048)] if (on_gpu if a.wide is None else a.wide) else [])
     train_dtypes = ("float32", "bfloat16") if (on_gpu if a.bf16 is None else a.bf16) else ("float32",)
+    env.update(rows_1x1024x2048=bool(sizes[-1] == (1, 1024, 2048)), train_dtypes=list(train_dtypes))
     peak = matmul_gflops(repeats)
-    print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s (median of {repeats})", flush=True)
+    # Every row's share is against this one rate, the bfloat16 train row's too. On NVIDIA GPUs JAX's
+    # default matmul precision for float32 is TF32, so there this is the TF32 rate.
+    print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s (median of {repeats}"
+          f"{'; default precision, TF32 on NVIDIA' if on_gpu else ''})", flush=True)
     rows = []
     for v in variants:
         for row in bench_variant(v, repeats, sizes, train_dtypes):

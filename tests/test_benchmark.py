@@ -33,10 +33,21 @@ def _compiled(fn, *args) -> str:
     return jax.jit(fn).lower(*args).compile().as_text()
 
 
+CONV_HLO = """
+import jax, jax.numpy as jnp
+from jax import lax
+import vitijax
+x, k = jnp.ones((1, 64, 64, 32)), jnp.ones((3, 3, 32, 32))
+print(jax.jit(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME",
+              dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(x, k).compile().as_text())
+"""
+
+
 def test_convolutions_leave_ynnpack_and_matmuls_stay():
     """This process imported vitijax before its first computation (conftest), so the default is live:
-    a DDRNet-sized convolution compiles to XLA's own kernel, not a YNNPACK fusion (which this jaxlib
-    picks for it by default, at 1.3-2.2x the time), and a matmul keeps YNNPACK."""
+    a DDRNet-sized convolution compiles to XLA's own kernel, and a matmul keeps YNNPACK. The control,
+    a process with the defaults off, shows that this jaxlib would give that convolution to YNNPACK
+    (at 1.3-2.2x the time for DDRNet's convolutions)."""
     if jax.devices()[0].platform != "cpu":
         pytest.skip("an XLA CPU option: nothing to check on another backend")
     x, k = jnp.ones((1, 64, 64, 32)), jnp.ones((3, 3, 32, 32))
@@ -45,12 +56,32 @@ def test_convolutions_leave_ynnpack_and_matmuls_stay():
     assert "convolution(" in conv and "__ynn_fusion" not in conv
     a = jnp.ones((256, 256))
     assert "__ynn_fusion" in _compiled(lambda a: a @ a, a)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    control = subprocess.run([sys.executable, "-c", CONV_HLO], env={**env, "VITIJAX_XLA_DEFAULTS": "off"},
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert control.returncode == 0, control.stderr[-2000:]
+    assert "__ynn_fusion" in control.stdout
+
+
+def test_importing_vitijax_late_warns_and_adds_nothing():
+    code = ("import os, warnings; import jax, jax.numpy as jnp; jnp.ones(3).block_until_ready()\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); import vitijax\n"
+            "print(repr(os.environ.get('XLA_FLAGS'))); print(w[0].message)")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": ROOT}, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    flags, message = r.stdout.splitlines()[:2]
+    assert flags == "None" and "imported after JAX ran a computation" in message and FLAG in message
 
 
 def test_quick_benchmark_prints_and_writes_every_row(tmp_path):
     out = tmp_path / "bench.json"
+    # The child gets no XLA_FLAGS of ours, so the flags it prints are the ones it set itself.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     r = subprocess.run([sys.executable, "-m", "launch.benchmark", "--quick", "--repeats", "1", "--face-photos", "2",
-                        "--out", str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                        "--no-wide", "--no-bf16", "--out", str(out)], cwd=ROOT, env={**env, "PYTHONPATH": ROOT},
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout

@@ -116,7 +116,15 @@ def test_ddrnet_loss_weights_the_auxiliary_head():
 
 
 def test_official_loss_and_gradients(reference_dir, reference):
-    """OHEM(main) + 0.4 OHEM(aux) of a train-mode forward of the official weights, and its gradients."""
+    """OHEM(main) + 0.4 OHEM(aux) of a train-mode forward of the official weights, and its gradients.
+
+    The gradients below DAPPM are ill-conditioned with these weights. In train mode DAPPM normalises a
+    batch of two pooled maps, and with the official batch statistics a 1e-7 relative change of the input
+    (below the float32 rounding of a photo) moves the total gradient norm between about 284.4 and 281.2
+    and single tensors by up to 1.8 % (measured with jax 0.10.2, XLA's and YNNPACK's convolutions alike).
+    So the heads, whose gradients do not pass back through DAPPM, are held to 1e-3, and everything else
+    to 3e-2. Leaving OHEM out moves the gradients 15 %.
+    """
     keys = json.loads((reference_dir / "ddrnet23slim_state_dict_shapes.json").read_text())
     v = ddrnet_variables_from_torch({k: reference[k] for k in keys}, "23-slim")
     model = DDRNet("23-slim", 2, aux_head=True)
@@ -137,11 +145,13 @@ def test_official_loss_and_gradients(reference_dir, reference):
     names = [str(k) for k in reference["train/grad_norm_keys"]]
     norms = reference["train/grad_norms"]
     ours = np.array([np.linalg.norm(g[k]) for k in names])
-    assert np.sqrt(np.sum(ours**2)) == pytest.approx(np.sqrt(np.sum(norms**2)), rel=2e-3)  # 284.36
+    assert np.sqrt(np.sum(ours**2)) == pytest.approx(np.sqrt(np.sum(norms**2)), rel=2e-2)  # 284.36
+    heads = np.array([n.startswith(("final_layer.", "seghead_extra.")) for n in names])
     # Biases of convs that feed a train-mode BN have zero gradient in exact arithmetic; the
     # reference's are float32 noise (norms 1e-8..1e-4), so they are compared absolutely.
     big = norms > 1e-3
-    np.testing.assert_allclose(ours[big], norms[big], rtol=1e-2)
+    np.testing.assert_allclose(ours[big & heads], norms[big & heads], rtol=1e-3)
+    np.testing.assert_allclose(ours[big & ~heads], norms[big & ~heads], rtol=3e-2)
     np.testing.assert_allclose(ours[~big], norms[~big], atol=1e-3)
     for k in ("final_layer.conv2.weight", "final_layer.conv2.bias", "seghead_extra.conv2.weight",
               "seghead_extra.conv2.bias"):
@@ -162,3 +172,12 @@ def test_kth_smallest_equals_numpy_sort_bit_for_bit():
     for k in [0, 1, 2, 3, 39, 40, 41, 45, 2500, 2600, 5000, x.size - 71, x.size - 70, x.size - 1]:
         got = np.asarray(f(jnp.asarray(x), k))
         assert got.tobytes() == want[k].tobytes(), (k, got, want[k])
+    # Diverged logits give NaN probabilities: with either sign bit they sort last, as in np.sort, and
+    # the finite order statistics are unchanged; -0.0 counts as 0.
+    nan = np.concatenate([x[:3000], np.array([np.nan, -np.nan, -0.0, -0.0], np.float32)])
+    want = np.sort(nan)
+    assert np.isnan(nan[-4]) and np.isnan(nan[-3]) and np.signbit(nan[-3]) and np.signbit(nan[-1])
+    for k in [0, 1, 20, 1500, nan.size - 5, nan.size - 3]:
+        assert float(f(jnp.asarray(nan), k)) == want[k], k
+    assert np.isnan(f(jnp.asarray(nan), nan.size - 1))
+    assert float(f(jnp.full((50,), 0.25, jnp.float32), 17)) == 0.25

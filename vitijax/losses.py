@@ -31,7 +31,7 @@ from vitijax.resize import resize_bilinear
 
 
 def kth_smallest_nonnegative(x: jax.Array, k: jax.Array | int) -> jax.Array:
-    """``jnp.sort(x)[k]`` for a 1-D float32 ``x`` of values >= 0, bit for bit, without sorting.
+    """``jnp.sort(x)[k]`` for a 1-D float32 ``x`` of values >= 0 (or NaN), bit for bit, without sorting.
 
     Non-negative IEEE floats order as their int32 bit patterns, so a bisection
     over bit patterns (32 counting passes, each one fused compare-and-sum)
@@ -41,7 +41,12 @@ def kth_smallest_nonnegative(x: jax.Array, k: jax.Array | int) -> jax.Array:
     per train step (main and auxiliary head). ``k`` may be traced;
     0 <= k < x.size.
     """
-    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    x = x.astype(jnp.float32)
+    bits = lax.bitcast_convert_type(x, jnp.int32)
+    # As jnp.sort: every NaN (either sign bit) orders last, as the canonical quiet NaN 0x7fc00000,
+    # and -0.0 (0x80000000, negative as int32) equals +0.0. Compared by bits, not ``x == 0``: the CPU
+    # may treat subnormals as zero in float comparisons, and they must keep their own rank.
+    bits = jnp.where(jnp.isnan(x), jnp.int32(0x7FC00000), jnp.where(bits == jnp.int32(-(2**31)), jnp.int32(0), bits))
 
     def halve(_, bounds):
         # Invariant: count(bits <= lo) <= k < count(bits <= hi).

@@ -1,27 +1,40 @@
 """vitijax's XLA defaults, measured on a 2-core CPU; applied when ``vitijax`` is imported.
 
-XLA reads ``XLA_FLAGS`` once, when JAX first starts its backend, so the
-defaults are added to the environment at ``import vitijax``, before any
-computation. A flag already named in ``XLA_FLAGS`` is left as the user set it;
-``VITIJAX_XLA_DEFAULTS=off`` adds none. If JAX ran a computation before vitijax
-was imported, the defaults have no effect in that process.
+XLA reads ``XLA_FLAGS`` once, when JAX starts its backend, so the defaults are
+added to the environment at ``import vitijax``, before any computation. A flag
+already named in ``XLA_FLAGS`` is left as the user set it;
+``VITIJAX_XLA_DEFAULTS=off`` adds none. If JAX's backend is already running
+when vitijax is imported, nothing is added (it could no longer take effect) and
+a warning says so.
 
-The one default: YNNPACK, which this jaxlib uses for matrix multiplies and,
-above a size threshold, for convolutions, keeps the multiplies and hands
-convolutions back to XLA's Eigen kernels. DDRNet's narrow convolutions
-(3-64 channels at high resolution) run 1.3-2.2x faster in Eigen, which
-makes the DDRNet-23-slim eval forward at 4x512x512 0.18 s -> 0.12 s and the
-23-slim train step 0.94 s -> 0.84 s (docs/benchmarks.md). The flag is an XLA CPU
-option; GPU compilation ignores it. It is tied to the pinned jaxlib: XLA stops
-at start-up on a flag it does not know.
+The one default: this jaxlib hands matrix multiplies and, above a size
+threshold, convolutions to YNNPACK; vitijax keeps the multiplies there and
+gives convolutions back to XLA's Eigen kernels. DDRNet's narrow convolutions
+(3-64 channels at high resolution) run 1.3-2.2x faster in Eigen: the
+DDRNet-23-slim eval forward at 4x512x512 goes from 0.176 s to 0.117 s and its
+train step from 0.88 s to 0.84 s (docs/benchmarks.md). The flag is an XLA CPU
+option that GPU compilation ignores. XLA stops at start-up on a flag it does
+not know, so the default is applied only with the jaxlib it was measured on.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import sys
+import warnings
 from typing import MutableMapping
 
 DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+MEASURED_WITH_JAXLIB = "0.10.2"
+
+
+def _backend_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
 
 
 def apply_defaults(env: MutableMapping[str, str] = os.environ) -> str:
@@ -29,8 +42,20 @@ def apply_defaults(env: MutableMapping[str, str] = os.environ) -> str:
     flags = env.get("XLA_FLAGS", "")
     if env.get("VITIJAX_XLA_DEFAULTS", "").lower() == "off":
         return flags
-    for name, value in DEFAULTS.items():
-        if f"--{name}=" not in flags:
-            flags = f"{flags} --{name}={value}".strip()
+    try:
+        jaxlib = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        jaxlib = None
+    if jaxlib != MEASURED_WITH_JAXLIB:
+        return flags
+    missing = {name: value for name, value in DEFAULTS.items() if f"--{name}=" not in flags}
+    if not missing:
+        return flags
+    if env is os.environ and _backend_started():
+        warnings.warn("vitijax was imported after JAX ran a computation, so its XLA defaults "
+                      f"({' '.join(f'--{n}={v}' for n, v in missing.items())}) are not in force in this process; "
+                      "import vitijax first, or set them in XLA_FLAGS", stacklevel=3)
+        return flags
+    flags = " ".join([flags, *(f"--{name}={value}" for name, value in missing.items())]).strip()
     env["XLA_FLAGS"] = flags
     return flags

@@ -284,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [(4, 512, 512), (1, 1024, 1024)] + ([(1, 1024, 2048)] if (on_gpu if a.wide is None else a.wide) else [])
     train_dtypes = ("float32", "bfloat16") if (on_gpu if a.bf16 is None else a.bf16) else ("float32",)
     env.update(rows_1x1024x2048=bool(sizes[-1] == (1, 1024, 2048)), train_dtypes=list(train_dtypes))
-    peak = matmul_gflops(repeats)
+    peak = matmul_gflops(max(repeats, 25))  # ~20 ms a run: many runs steady the denominator of every share
     # Every row's share is against this one rate, the bfloat16 train row's too. On NVIDIA GPUs JAX's
     # default matmul precision for float32 is TF32, so there this is the TF32 rate.
-    print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s (median of {repeats}"
+    print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s (median of {max(repeats, 25)}"
           f"{'; default precision, TF32 on NVIDIA' if on_gpu else ''})", flush=True)
     rows = []
     for v in variants:

@@ -39,7 +39,13 @@ def load_params(path):
 
 
 def test_one_step_on_8_devices_equals_one_device():
-    """The same global batch: an 8-way data-parallel step and a 1-device step agree to 1e-5.
+    """The same global batch: an 8-way data-parallel step and a 1-device step agree to 5e-5.
+
+    What differs is float rounding (per-device partial sums, and per-device convolutions blocked
+    differently), amplified by the train-mode batch norms: measured 7e-6 with YNNPACK's convolutions
+    and 1.8e-5 with XLA's Eigen ones (vitijax's default). The mistakes this guards against are far
+    larger: an unaveraged gradient is 8x the update, and per-device batch statistics of one 64x64
+    image move a running variance by about 0.1 / sqrt(64 * 64) = 1.6e-3.
 
     The step is the trainer's own (loss, gradients over the global batch, BN
     statistics of the global batch), with SGD as the update: AdamW's first
@@ -78,7 +84,7 @@ def test_one_step_on_8_devices_equals_one_device():
     import json
 
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["params"] <= 1e-5 and res["stats"] <= 1e-5, res  # |diff| / max(1, |value|)
+    assert res["params"] <= 5e-5 and res["stats"] <= 5e-5, res  # |diff| / max(1, |value|)
     assert res["loss1"] == pytest.approx(res["loss8"], rel=1e-5)
 
 

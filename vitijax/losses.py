@@ -31,7 +31,9 @@ from vitijax.resize import resize_bilinear
 
 
 def kth_smallest_nonnegative(x: jax.Array, k: jax.Array | int) -> jax.Array:
-    """``jnp.sort(x)[k]`` for a 1-D float32 ``x`` of values >= 0 (or NaN), bit for bit, without sorting.
+    """``jnp.sort(x)[k]`` for a 1-D float32 ``x`` of values >= 0 (or NaN), without sorting.
+
+    Bit for bit the sorted value, except that -0.0 comes back as +0.0.
 
     Non-negative IEEE floats order as their int32 bit patterns, so a bisection
     over bit patterns (32 counting passes, each one fused compare-and-sum)

@@ -9,10 +9,11 @@ a warning says so.
 
 The one default: this jaxlib hands matrix multiplies and, above a size
 threshold, convolutions to YNNPACK; vitijax keeps the multiplies there and
-gives convolutions back to XLA's Eigen kernels. DDRNet's narrow convolutions
-(3-64 channels at high resolution) run 1.3-2.2x faster in Eigen: the
-DDRNet-23-slim eval forward at 4x512x512 goes from 0.176 s to 0.117 s and its
-train step from 0.88 s to 0.84 s (docs/benchmarks.md). The flag is an XLA CPU
+gives convolutions back to XLA's Eigen kernels. DDRNet's narrow high-resolution
+convolutions (3-64 channels) run 1.3-3x faster in Eigen, its wide low-resolution
+ones up to 1.9x slower; over the whole model the DDRNet-23-slim eval forward at
+4x512x512 goes from 0.176 s to 0.117 s and its train step from 0.88 s to 0.84 s
+(docs/benchmarks.md). The flag is an XLA CPU
 option that GPU compilation ignores. XLA stops at start-up on a flag it does
 not know, so the default is applied only with the jaxlib it was measured on.
 """

@@ -29,6 +29,13 @@ def test_defaults_respect_the_users_flags_and_the_off_switch():
     assert xla_flags.apply_defaults(off) == "" and "XLA_FLAGS" not in off
 
 
+def _python(args: list[str], timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repository without this process's XLA_FLAGS (the child sets its own)."""
+    clean = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env={**clean, "PYTHONPATH": ROOT, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def _compiled(fn, *args) -> str:
     return jax.jit(fn).lower(*args).compile().as_text()
 
@@ -56,9 +63,7 @@ def test_convolutions_leave_ynnpack_and_matmuls_stay():
     assert "convolution(" in conv and "__ynn_fusion" not in conv
     a = jnp.ones((256, 256))
     assert "__ynn_fusion" in _compiled(lambda a: a @ a, a)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    control = subprocess.run([sys.executable, "-c", CONV_HLO], env={**env, "VITIJAX_XLA_DEFAULTS": "off"},
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    control = _python(["-c", CONV_HLO], 300, VITIJAX_XLA_DEFAULTS="off")
     assert control.returncode == 0, control.stderr[-2000:]
     assert "__ynn_fusion" in control.stdout
 
@@ -68,9 +73,7 @@ def test_importing_vitijax_late_warns_and_adds_nothing():
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always'); import vitijax\n"
             "print(repr(os.environ.get('XLA_FLAGS'))); print(w[0].message)")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": ROOT}, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = _python(["-c", code], 300)
     assert r.returncode == 0, r.stderr[-2000:]
     flags, message = r.stdout.splitlines()[:2]
     assert flags == "None" and "imported after JAX ran a computation" in message and FLAG in message
@@ -79,10 +82,8 @@ def test_importing_vitijax_late_warns_and_adds_nothing():
 def test_quick_benchmark_prints_and_writes_every_row(tmp_path):
     out = tmp_path / "bench.json"
     # The child gets no XLA_FLAGS of ours, so the flags it prints are the ones it set itself.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-m", "launch.benchmark", "--quick", "--repeats", "1", "--face-photos", "2",
-                        "--no-wide", "--no-bf16", "--out", str(out)], cwd=ROOT, env={**env, "PYTHONPATH": ROOT},
-                       capture_output=True, text=True, timeout=900)
+    r = _python(["-m", "launch.benchmark", "--quick", "--repeats", "1", "--face-photos", "2", "--no-wide",
+                 "--no-bf16", "--out", str(out)], 900)
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout
     for row in ["xla_flags: ", "float32 matmul 2048^3", "eval forward 4x512x512", "eval forward 1x1024x1024",

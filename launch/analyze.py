@@ -54,8 +54,10 @@ def build_analyzer(a):
     box_model = face_lib.FaceBoxModel(*parts["face_box"], where=f"{a.model} (face box)") \
         if detector == "face-box" else None
     scales = (0.75, 1.0, 1.25) if a.tta else (1.0,)
+    review_rule = info.get("review_rule")  # calibrated for this bundle (launch.evaluate --calibrate), if any
     analyzer = Analyzer(lesion, face_mask_lib.make(mask_kind, seg), box_model, flips=a.tta, scales=scales,
-                        keep_probability=a.probability)
+                        keep_probability=a.probability,
+                        review_rule={k: (op, float(t)) for k, (op, t) in review_rule.items()} if review_rule else None)
     nets = {"lesion": {k: parts["lesion"][1].get(k) for k in ("variant", "input", "step", "validation_dice")},
             "face_mask": mask_kind if seg is None else {"source": "network", **{
                 k: parts["face_mask"][1].get(k) for k in ("variant", "input", "step", "validation_dice")}},
@@ -66,9 +68,14 @@ def build_analyzer(a):
                       "networks": nets, "face_mask": mask_kind, "detector": detector}
 
 
-def analyze_batch(analyzer, batch, out, needs_truth):
-    """Rows of one batch of PhotoInputs: read, analyse, write. One bad photo never stops the others."""
+def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):
+    """Rows of one batch of PhotoInputs: read, analyse, write. One bad photo never stops the others.
+
+    ``on_result(inp, photo, result, row)`` is called for every photo that was analysed (the chain
+    evaluator scores it there, on exactly what ``analyze`` computed). Reasons do not repeat the path:
+    the row's ``file`` holds it."""
     from vitijax.data.io import ImageReadError, read_mask, read_photo
+    from vitijax.pipeline import RATIO_UNDEFINED
     from vitijax.report.followup import write_photo
 
     rows, photos, truths, keep = [], [], [], []
@@ -83,7 +90,10 @@ def analyze_batch(analyzer, batch, out, needs_truth):
                 if not inp.face_mask:
                     raise ImageReadError(inp.path, "no face_mask for it in the manifest (--face-mask ground_truth)")
                 truth = read_mask(inp.face_mask, photo.shape[:2])
-        except (ImageReadError, OSError, ValueError) as e:
+        except ImageReadError as e:
+            row["reason"] = e.problem if e.path == inp.path else str(e)
+            continue
+        except (OSError, ValueError) as e:
             row["reason"] = str(e)
             continue
         photos.append(photo)
@@ -99,7 +109,7 @@ def analyze_batch(analyzer, batch, out, needs_truth):
             try:
                 results.append(analyzer([photo], [truth] if needs_truth else None)[0])
             except Exception as e:  # noqa: BLE001
-                row["reason"] = f"{inp.path}: analysis failed: {type(e).__name__}: {e}"
+                row["reason"] = f"analysis failed: {type(e).__name__}: {e}"
                 results.append(None)
     for photo, (inp, row), res in zip(photos, keep, results):
         if res is None:
@@ -108,15 +118,16 @@ def analyze_batch(analyzer, batch, out, needs_truth):
         try:
             row["files"] = write_photo(out, inp, photo, res)
         except OSError as e:
-            row["reason"] = f"{inp.path}: could not write its outputs: {e}"
+            row["reason"] = f"could not write its outputs: {e}"
             continue
         row["outputs"] = row["files"]["outputs"]
         if math.isfinite(res.ratio):
             row["status"] = "ok"
         else:
             row["status"] = "no ratio"
-            row["reason"] = f"{inp.path}: ratio undefined: " + "; ".join(
-                f for f in res.flags if f in ("no face", "empty face mask"))
+            row["reason"] = "ratio undefined: " + "; ".join(f for f in res.flags if f in RATIO_UNDEFINED)
+        if on_result is not None:
+            on_result(inp, photo, res, row)
     return rows
 
 
@@ -174,10 +185,20 @@ def main(argv: list[str] | None = None) -> int:
               f"ETA {format_seconds((len(inputs) - done) / rate if rate > 0 else math.nan)}", file=sys.stderr,
               flush=True)
     paths = write_results(a.out, rows, problems, info)
-    ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok} of {len(rows)} photos analysed with a ratio; {len(rows) - ok + len(problems)} listed with the reason. "
-          f"Report: {paths['index']}  Table: {paths['csv']}")
-    return 0
+    print(summary_line(rows, problems) + f"  Report: {paths['index']}  Table: {paths['csv']}")
+    # Non-zero when nothing got a ratio: a script or a person must not mistake an empty analysis for a result.
+    return 0 if any(r["status"] == "ok" for r in rows) else 1
+
+
+def summary_line(rows, problems) -> str:
+    """One line: how many photos got a ratio, how many of those need review, and why the others got none."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    no_face = sum(bool({"no face", "photo too small"} & set(r.get("flags", []))) for r in rows)
+    no_ratio = sum(r["status"] == "no ratio" for r in rows) - no_face
+    unreadable = sum(r["status"] == "failed" for r in rows) + len(problems)
+    review = sum(bool(r.get("needs_review")) for r in ok)
+    return (f"{len(ok)} of {len(rows) + len(problems)} photos analysed with a ratio ({review} need review); "
+            f"no face: {no_face}; face mask unusable: {no_ratio}; unreadable or failed: {unreadable}.")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,17 @@ Masks on disk, e.g. a second rater or another tool (PNG masks matched by relativ
     python -m launch.evaluate --predictions rater2/ --ground-truth rater1/ [--face-masks faces/] \
         [--photos photos/] --out eval_rater2/
 
+The whole analysis chain of an inference bundle, on photos with true masks (the layout of
+``launch.synthesize`` and of the ``uv_vitiligo`` folder), at full resolution::
+
+    python -m launch.evaluate --bundle models/synthetic --photos runs/heldout --out runs/chain_eval [--tta]
+
+runs exactly what ``launch.analyze`` runs (its own functions; its outputs land in
+``OUT/analysis/``) and scores each stage and the whole chain against the truth, and the
+same lesion network with the true face box and true face mask ("lesion only"); see
+``vitijax/chain.py``. Writes metrics.json (``chain``, ``lesion_only``, ``needs_review``),
+per_photo.csv, changes.csv and index.html (stages, Table 1 of the chain, overlays).
+
 ``--checkpoint`` takes a training workdir (its best/ model) or a model checkpoint
 (e.g. launch.convert output). ``--data NAME[:CONFIG][/SPLIT]``; the
 split defaults to test. Writes metrics.json, per_image.csv, per_patient.csv,
@@ -18,6 +29,7 @@ table1.md, overlays/, patients/, bland_altman.png and index.html in --out.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -78,6 +90,135 @@ def run_model(a) -> int:
                          overlay_source=overlay, max_overlays=a.max_overlays)
     _print(summary, paths)
     return 0
+
+
+CHAIN_COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio_true", "ratio_pred", "ratio_error",
+                 "lesion_only_ratio", "lesion_only_error", "box_iou", "crop_holds_face", "face_dice", "dice",
+                 "precision", "recall", "needs_review", "flags")
+
+
+def run_bundle(a) -> int:
+    """The chain evaluator: analyze's code path on photos with truth, scored stage by stage."""
+    import csv
+    import json
+    import math
+    import time
+
+    from launch.analyze import analyze_batch, build_analyzer
+    from vitijax import chain, compile_cache
+    from vitijax import face_mask as face_mask_lib
+    from vitijax.data import folder
+    from vitijax.data.io import read_mask
+    from vitijax.data.photos import PhotoInput
+    from vitijax.pipeline import Analyzer
+    from vitijax.report.evaluation import write_report
+    from vitijax.report.followup import write_results
+    from vitijax.run_log import format_seconds
+
+    compile_cache.enable()
+    root = os.path.abspath(a.photos)
+    report = folder.Report(root)
+    items = list(folder.entries(root, report))
+    for p in report.problems:
+        print(f"skipped {p.file}: {p.problem}", file=sys.stderr)
+    if not items:
+        raise FileNotFoundError(f"{root}: no photos with masks (images/<patient>/<visit>/<view>.png with "
+                                "face_masks/ and vitiligo_masks/ beside it, or manifest.csv)")
+    opts = argparse.Namespace(model=a.bundle, face_mask=a.face_mask, detector=a.detector, tta=a.tta,
+                              probability=False)
+    analyzer, info = build_analyzer(opts)
+    reference = Analyzer(analyzer.lesion, face_mask_lib.make("ground_truth"), None, flips=analyzer.flips,
+                         scales=analyzer.scales, margin=analyzer.margin)
+    inputs = [PhotoInput(img, patient, visit, view, face) for img, face, _, patient, visit, view in items]
+    lesion_of = {img: vit for img, _, vit, *_ in items}
+    out_analysis = os.path.join(a.out, "analysis")
+    os.makedirs(out_analysis, exist_ok=True)
+    chain_rows, ref_rows, ana_rows, small = [], [], [], {}
+
+    def on_result(inp, photo, res, row):
+        i = len(chain_rows)
+        face_t = read_mask(inp.face_mask, photo.shape[:2])
+        lesion_t = read_mask(lesion_of[inp.path], photo.shape[:2])
+        ids = {"patient": inp.patient, "visit": inp.visit, "view": inp.view, "source_file": inp.path}
+        r = chain.score_photo(i, ids, res, face_t, lesion_t)
+        r.update(file=inp.path, status=row["status"], reason=row["reason"], needs_review=row.get("needs_review"))
+        chain_rows.append(r)
+        true_box = face_lib.box_from_mask(face_t)
+        ref = reference([photo], [face_t], boxes=[true_box])[0]
+        ref_rows.append(chain.score_photo(i, ids, ref, face_t, lesion_t))
+        # a small picture of the true face's crop for the overlays
+        cb = face_lib.crop_box(true_box, analyzer.margin)
+        lesion_p = res.lesion_mask if res.lesion_mask is not None else np.zeros_like(lesion_t)
+        face_p = res.face_mask if res.face_mask is not None else np.zeros_like(face_t)
+        small[i] = [_shrink(face_lib.crop(x, cb), 384, nearest=k > 0)
+                    for k, x in enumerate((photo, lesion_p, lesion_t * face_t, face_p))]
+
+    from vitijax import face as face_lib
+
+    t0 = time.perf_counter()
+    print(f"chain evaluation of {a.bundle} on {len(inputs)} photos under {root} (TTA {'on' if a.tta else 'off'})",
+          flush=True)
+    for start in range(0, len(inputs), a.batch_size):
+        ana_rows += analyze_batch(analyzer, inputs[start:start + a.batch_size], out_analysis, False, on_result)
+        done = len(ana_rows)
+        rate = done / (time.perf_counter() - t0)
+        print(f"photo {done}/{len(inputs)} ({100 * done / len(inputs):.0f}%)  {rate:.2f} photos/s  "
+              f"ETA {format_seconds((len(inputs) - done) / rate)}", file=sys.stderr, flush=True)
+    write_results(out_analysis, ana_rows, [(p.file, p.problem) for p in report.problems], info)
+    if not chain_rows:
+        print("error: no photo could be read; nothing to score", file=sys.stderr)
+        return 2
+    sections = {"chain": chain.summarize_chain(chain_rows), "lesion_only": chain.summarize_chain(ref_rows)}
+    review = chain.flag_report(chain_rows)
+    for r, ref in zip(chain_rows, ref_rows):
+        r["lesion_only_ratio"], r["lesion_only_error"] = ref["ratio_pred"], ref["ratio_error"]
+
+    def overlay(row):
+        img, pred, true, face = small[row["index"]]
+        return img, pred, true, face
+
+    paths = write_report(a.out, chain_rows, sections["chain"], title=f"vitijax chain evaluation: {a.bundle}",
+                         overlay_source=overlay, max_overlays=a.max_overlays,
+                         extra_html=chain.stages_html(sections, review))
+    with open(paths["metrics"], "w") as f:
+        json.dump({"photos": len(chain_rows), "tta": bool(a.tta), "info": info, **sections, "needs_review": review},
+                  f, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+    with open(os.path.join(a.out, "per_photo.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CHAIN_COLUMNS + tuple(chain.SIGNALS))
+        for r in chain_rows:
+            w.writerow([_csv_cell(r.get(c)) for c in CHAIN_COLUMNS] + [_csv_cell(r["quality"].get(k))
+                                                                      for k in chain.SIGNALS])
+    changes = chain.change_rows(chain_rows)
+    with open(os.path.join(a.out, "changes.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["patient", "view", "from_visit", "visit", "change_true_pp",
+                                          "change_pred_pp", "change_error_pp"])
+        w.writeheader()
+        w.writerows(changes)
+    print(chain.stages_text(sections, review))
+    if a.calibrate:
+        calibration = chain.calibrate_review(chain_rows)
+        with open(os.path.join(a.out, "review_rule.json"), "w") as f:
+            json.dump(calibration, f, indent=2)
+        print(f"needs-review calibration: {calibration['why']}; written to {os.path.join(a.out, 'review_rule.json')}"
+              + (" (give it to launch.export --review-rule)" if calibration["rule"] else ""))
+    print(f"report: {paths['index']}  (analysis outputs: {out_analysis})")
+    return 0
+
+
+def _shrink(a: np.ndarray, side: int, nearest: bool) -> np.ndarray:
+    scale = min(1.0, side / max(a.shape[:2]))
+    size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
+    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.NEAREST if nearest
+                                                else Image.Resampling.BILINEAR))
+
+
+def _csv_cell(v) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "; ".join(str(x) for x in v)
+    return "" if v is None else str(v)
 
 
 def _read_masks(root: str) -> dict[str, str]:
@@ -164,10 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="training workdir or model checkpoint")
+    p.add_argument("--bundle", help="inference bundle (launch.export): score the whole analysis chain on --photos")
+    p.add_argument("--photos", help="with --bundle: a folder of photos with true masks (launch.synthesize's layout, "
+                   "or the uv_vitiligo folder layout)")
+    p.add_argument("--tta", action="store_true", help="with --bundle: test-time augmentation, as analyze --tta")
+    p.add_argument("--calibrate", action="store_true", help="with --bundle: choose the 'needs review' rule on these "
+                   "(held-out) photos and write OUT/review_rule.json for launch.export --review-rule")
+    p.add_argument("--face-mask", choices=("network", "ellipse", "ground_truth"),
+                   help="with --bundle: face-mask source, as in analyze")
+    p.add_argument("--detector", choices=("auto", "face-box", "retinaface"), default="auto",
+                   help="with --bundle: face finder, as in analyze")
     p.add_argument("--data", help="NAME[:CONFIG][/SPLIT] of a built TFDS data set")
     p.add_argument("--data-dir", default="data/tfds")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="default 8 (4 photos with --bundle)")
     p.add_argument("--predictions", help="folder of predicted PNG masks")
     p.add_argument("--ground-truth", help="folder of ground-truth PNG masks (same relative paths)")
     p.add_argument("--face-masks", help="folder of face masks: count only inside the face")
@@ -176,9 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-overlays", type=int, default=200)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    if bool(a.checkpoint) == bool(a.predictions):
-        p.error("give either --checkpoint with --data, or --predictions with --ground-truth")
+    if sum(bool(x) for x in (a.checkpoint, a.predictions, a.bundle)) != 1:
+        p.error("give one of --checkpoint with --data, --bundle with --photos, or --predictions with --ground-truth")
+    a.batch_size = a.batch_size or (4 if a.bundle else 8)
     try:
+        if a.bundle:
+            if not a.photos:
+                p.error("--bundle needs --photos FOLDER (photos with true masks; python -m launch.synthesize makes one)")
+            return run_bundle(a)
         if a.checkpoint:
             if not a.data:
                 p.error("--checkpoint needs --data NAME[:CONFIG][/SPLIT]")
@@ -186,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.ground_truth:
             p.error("--predictions needs --ground-truth")
         return run_masks(a)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError and UnusableDataset are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

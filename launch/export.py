@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True, help="the lesion network's training run (or model checkpoint)")
     p.add_argument("--face-mask-workdir", help="the face-mask network's training run (optional)")
     p.add_argument("--face-box-workdir", help="the face-box network's training run (optional)")
+    p.add_argument("--review-rule", help="review_rule.json from launch.evaluate --bundle ... --calibrate: the "
+                   "'needs review' rule calibrated on your held-out photos (default: vitijax's, measured on "
+                   "synthetic photos)")
     p.add_argument("--out", required=True, help="a new directory for the bundle")
     a = p.parse_args(argv)
 
@@ -63,12 +66,23 @@ def main(argv: list[str] | None = None) -> int:
                                         ("face_box", a.face_box_workdir, "facebox", None)):
             if path:
                 parts[name], origins[name] = _part(path, kind, label)
-        extra = {"exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        extra = {}
+        if a.review_rule:
+            with open(a.review_rule) as f:
+                calibrated = json.load(f)
+            rule = calibrated.get("rule")
+            if not isinstance(rule, dict) or not all(
+                    isinstance(v, list) and len(v) == 2 and v[0] in ("<", ">") for v in rule.values()):
+                raise ValueError(f"{a.review_rule}: not a review rule (expected {{'rule': {{signal: ['>', "
+                                 "threshold]}}}} as launch.evaluate --calibrate writes)")
+            extra["review_rule"] = rule
+            extra["review_rule_calibration"] = {k: v for k, v in calibrated.items() if k != "rule"}
+        extra.update({"exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "origins": origins,
                  "preprocessing": {"crop_margin": CROP_MARGIN, "imagenet_mean_rgb": MEAN.tolist(),
-                                   "imagenet_std_rgb": STD.tolist(), "retinaface_mean_bgr": MEAN_BGR.tolist()}}
+                                   "imagenet_std_rgb": STD.tolist(), "retinaface_mean_bgr": MEAN_BGR.tolist()}})
         out = save_bundle(a.out, parts, extra)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote inference bundle {out}: " + ", ".join(

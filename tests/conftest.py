@@ -64,3 +64,14 @@ def tiny_runs(tmp_path_factory) -> dict[str, str]:
     runs["face_box"] = str(root / "face_box")
     runs["face_box_result"] = train_and_evaluate(face_box.get_config("tiny"), runs["face_box"])
     return runs
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_runs, tmp_path_factory) -> str:
+    """An inference bundle of the three tiny networks (launch.export's own function)."""
+    from launch import export
+
+    out = str(tmp_path_factory.mktemp("bundle") / "model")
+    assert export.main(["--workdir", tiny_runs["lesion"], "--face-mask-workdir", tiny_runs["face_mask"],
+                        "--face-box-workdir", tiny_runs["face_box"], "--out", out]) == 0
+    return out

@@ -14,16 +14,7 @@ from PIL import Image
 from vitijax import face
 from vitijax.checkpoint import CheckpointError, load_bundle
 from vitijax.data import synthetic
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_runs, tmp_path_factory):
-    from launch import export
-
-    out = str(tmp_path_factory.mktemp("bundle") / "model")
-    assert export.main(["--workdir", tiny_runs["lesion"], "--face-mask-workdir", tiny_runs["face_mask"],
-                        "--face-box-workdir", tiny_runs["face_box"], "--out", out]) == 0
-    return out
+from vitijax.report.followup import REPIGMENTATION_FLOOR_PP
 
 
 def _read_mask(path):
@@ -44,7 +35,7 @@ def test_bundle_holds_every_network_and_refuses_what_it_is_not(bundle, tiny_runs
     import vitijax
 
     monkeypatch.setattr(vitijax, "__version__", "0.9.0")
-    with pytest.raises(CheckpointError, match=r"bundle written by vitijax 0\.1\.0, this is vitijax 0\.9\.0"):
+    with pytest.raises(CheckpointError, match=r"bundle written by vitijax 0\.2\.0, this is vitijax 0\.9\.0"):
         load_bundle(bundle)
     monkeypatch.undo()
     # a face-mask run given as the lesion network is refused, by name
@@ -86,8 +77,10 @@ def test_follow_up_of_synthetic_patients(bundle, tmp_path):
             assert (d / f).is_file(), f
         base = by_key[(p["patient"], 0, p["view"])]["ratio"]
         assert p["change_pp"] == pytest.approx(p["ratio"] - base, abs=1e-9)
-        if base > 0:
+        if base >= REPIGMENTATION_FLOOR_PP:
             assert p["repigmentation_pct"] == pytest.approx(100 * (base - p["ratio"]) / base)
+        else:  # a relative change on a small baseline is not reported
+            assert p["repigmentation_pct"] is None and p["repigmentation_note"].startswith("not applicable")
     assert sorted({p["patient"] for p in data["photos"]}) == sorted(names.values())
     for name in names.values():
         from vitijax.report.followup import safe_name
@@ -119,7 +112,9 @@ def test_a_corrupt_file_and_a_photo_without_a_face_do_not_stop_the_batch(bundle,
     assert analyze.main(["--model", bundle, str(root), "--out", str(out), "--detector", "retinaface",
                          "--face-mask", "ellipse", str(tmp_path / "missing.png")]) == 0
     rows = {r["patient"]: r for r in csv.DictReader(open(out / "results.csv"))}
-    assert rows["broken"]["status"] == "failed" and "broken/0/front.jpg" in rows["broken"]["reason"]
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["file"].endswith("broken/0/front.jpg")
+    # the reason says what is wrong; the file column says where (once, not "path: path: ...")
+    assert "unreadable or truncated" in rows["broken"]["reason"] and "front.jpg" not in rows["broken"]["reason"]
     assert rows["nobody"]["status"] == "no ratio" and rows["nobody"]["flags"] == "no face"
     assert rows["nobody"]["ratio"] == ""  # undefined, not 0
     assert rows["astro"]["status"] == "ok" and float(rows["astro"]["box_score"]) > 0.9

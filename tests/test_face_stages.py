@@ -27,6 +27,50 @@ def test_giou_against_hand_computed_values():
     assert float(parts["iou"]) == pytest.approx(1 / 14)
 
 
+def test_box_loss_leaves_out_the_box_of_photos_without_a_face():
+    """A photo without a face adds only its presence term (binary cross-entropy against an independent
+    formula), whatever its box; the box terms average over the photos with a face."""
+    pred = np.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.4, 0.6], [0.0, 0.0, 1.0, 1.0]], np.float32)
+    target = np.array([[0.1, 0.1, 0.5, 0.6], [0.0, 0.0, 0.0, 0.0], [0.3, 0.3, 0.4, 0.4]], np.float32)
+    logits = np.array([2.0, 1.0, 0.5], np.float32)
+    present = np.array([1.0, 0.0, 1.0], np.float32)
+    loss, parts = box_loss(pred, target, logits, present, l1_weight=5.0, giou_weight=2.0, presence_weight=1.0)
+    keep = present > 0
+    ref_box, _ = box_loss(pred[keep], target[keep], l1_weight=5.0, giou_weight=2.0)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    bce = -np.mean(present * np.log(p) + (1 - present) * np.log(1 - p))
+    assert float(parts["loss_presence"]) == pytest.approx(bce, rel=1e-5)
+    assert float(loss) == pytest.approx(float(ref_box) + bce, rel=1e-5)
+    assert float(parts["presence_accuracy"]) == pytest.approx(2 / 3)  # logit 1.0 says face where there is none
+    # the box of the photo without a face does not matter
+    moved = target.copy()
+    moved[1] = [0.9, 0.9, 1.0, 1.0]
+    assert float(box_loss(pred, moved, logits, present)[0]) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_no_face_photos_hold_no_face():
+    """Every kind of negative is a valid RGB photo; the background strip never overlaps the face box and the
+    skin patch lies inside it (so neither shows a whole face); evaluation negatives are fixed per index."""
+    from vitijax.data import no_face
+
+    s = synthetic.render(synthetic.make_patient(3, 0), 0, "front", (240, 160))
+    rng = np.random.default_rng(0)
+    for kind in no_face.KINDS:
+        for _ in range(5):
+            img = no_face.no_face_photo(s.image, s.face_box, rng, kind)
+            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 16, kind
+    # a background strip is a piece of the photo outside the face box: never as big as the photo
+    x0, y0, x1, y1 = s.face_box
+    strip = no_face.no_face_photo(s.image, s.face_box, rng, "background")
+    assert strip.shape[0] < 240 or strip.shape[1] < 160
+    blank = no_face.no_face_photo(s.image, s.face_box, rng, "blank")
+    assert (blank == blank[0, 0]).all()
+    np.testing.assert_array_equal(no_face.evaluation_negative(s.image, s.face_box, 7),
+                                  no_face.evaluation_negative(s.image, s.face_box, 7))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        no_face.no_face_photo(s.image, s.face_box, rng, "cat")
+
+
 def test_letterboxed_photo_maps_the_box_both_ways():
     """The label follows the photo through letterboxing, scaling, shifting and flipping, and a prediction
     maps back to the photo's pixels exactly."""
@@ -53,7 +97,18 @@ def test_letterboxed_photo_maps_the_box_both_ways():
 def test_face_box_network_finds_the_face_in_every_view(tiny_runs):
     workdir, result = tiny_runs["face_box"], tiny_runs["face_box_result"]
     assert result["test"]["recall_50"] == 1.0 and result["best_validation_iou"] > 0.6
+    # the presence head, on held-out photos and their fixed no-face negatives
+    assert result["test"]["face_found"] == 1.0 and result["test"]["no_face_rejected"] >= 0.8, result["test"]
+    sweep = result["test_details"]["presence_sweep"]
+    assert [r["face_found"] for r in sweep] == sorted(r["face_found"] for r in sweep)[::-1]  # monotone in t
     model = face.FaceBoxModel.load(workdir)
+    # photos of nothing score below the threshold
+    from vitijax.data.no_face import no_face_photo
+
+    s = synthetic.render(synthetic.make_patient(7, 0), 0, "front", (480, 320))
+    rng = np.random.default_rng(1)
+    for kind in ("blank", "noise", "gradient"):
+        assert model(no_face_photo(s.image, s.face_box, rng, kind)).score < model.threshold, kind
     # New patients (another seed), every view, at twice the training photos' size: the box is found and
     # the square crop around it holds the whole annotated face.
     for i in range(3):
@@ -61,7 +116,7 @@ def test_face_box_network_finds_the_face_in_every_view(tiny_runs):
         for view in synthetic.VIEWS:
             s = synthetic.render(patient, 0, view, (480, 320))
             det = model(s.image)
-            assert np.isnan(det.score) and det.landmarks is None
+            assert det.score >= model.threshold and det.landmarks is None, (patient.patient_id, view, det.score)
             iou = box_iou(det.box, s.face_box)
             assert iou > 0.5, (patient.patient_id, view, det.box, s.face_box)
             c = face.crop_box(face.int_box(det.box))

@@ -52,9 +52,10 @@ def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> di
 
 
 def box_eval_step(variables, batch: Mapping[str, jax.Array], *, model: FaceBoxNet) -> dict[str, jax.Array]:
-    """The face-box network's boxes [b, 4] (fractions of the input side), with 'valid' and 'index'."""
-    return {"box": model.apply(variables, batch["image"], train=False), "valid": batch["valid"],
-            "index": batch["index"]}
+    """The face-box network's boxes [b, 4] (fractions of the input side) and face-presence scores [b]
+    (sigmoid of the presence logit), with 'valid' and 'index'."""
+    box, presence = model.apply(variables, batch["image"], train=False)
+    return {"box": box, "presence": jax.nn.sigmoid(presence), "valid": batch["valid"], "index": batch["index"]}
 
 
 def compile_eval_step(model: DDRNet | FaceBoxNet, mesh):
@@ -109,45 +110,78 @@ def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, g
     return rows, preds
 
 
+class NoFaceSource:
+    """``source`` with every photo replaced by its fixed no-face negative (:mod:`vitijax.data.no_face`):
+    what the face-box evaluation scores the presence head on."""
+
+    def __init__(self, source: Sequence[dict]):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        from vitijax.data.no_face import evaluation_negative
+        from vitijax.data.pipeline import photo_and_box
+
+        ex = dict(self.source[index])
+        photo, box = photo_and_box(ex)
+        negative = evaluation_negative(photo, box, index)
+        return {**ex, "photo": negative, "original_size": np.asarray(negative.shape[:2]), "face_present": 0}
+
+
 def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
                    *, margin: float = 0.15) -> list[dict[str, Any]]:
-    """Per-image rows of the face-box network over ``source``: identifiers, the predicted and true
-    boxes in the original photo's pixels, their IoU, and ``crop_holds_face`` (the square crop with
-    ``margin`` around the predicted box contains the whole true box). As :func:`evaluate`, every
-    process gets the rows of all examples (outputs are replicated)."""
+    """Per-image rows of the face-box network over ``source`` and over its no-face negatives.
+
+    Photos with a face (``face_present`` True): identifiers, the predicted and
+    true boxes in the original photo's pixels, their IoU, ``crop_holds_face``
+    (the square crop with ``margin`` around the predicted box contains the
+    whole true box) and the face-presence score ``presence``. Each photo's
+    fixed negative (:class:`NoFaceSource`, ``face_present`` False): its
+    ``presence`` score and ``negative_kind``. As :func:`evaluate`, every
+    process gets the rows of all examples (outputs are replicated).
+    """
+    from vitijax.data.no_face import KINDS
+
     local = global_batch // jax.process_count()
     side = pcfg.input_size[0]
     rows: list[dict[str, Any]] = []
-    for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
-                              shard_count=jax.process_count(), keys=("patient", "visit", "view", "face_box", "original_size")):
-        arrays = {"image": batch["image"], "valid": batch["valid"], "index": batch["index"].astype(np.int32)}
-        out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
-        mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
-        for g in np.flatnonzero(out["valid"]):
-            index = int(out["index"][g])
-            if index in mine:
-                j = mine[index]
-                coeffs, to_orig = batch["coeffs"][j], batch["to_original"][j]
-                ids = {k: _plain(batch[k][j]) for k in ("patient", "visit", "view")}
-                true_box = np.asarray(batch["face_box"][j], np.float64)
-                size = np.asarray(batch["original_size"][j], np.float64)
-            else:  # another host's example: recompute its geometry from the source
-                from vitijax.data.pipeline import prepare
+    for src, positive in ((source, True), (NoFaceSource(source), False)):
+        for batch in eval_batches(src, pcfg, local, shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                  keys=("patient", "visit", "view", "face_box", "original_size")):
+            arrays = {"image": batch["image"], "valid": batch["valid"], "index": batch["index"].astype(np.int32)}
+            out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
+            mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
+            for g in np.flatnonzero(out["valid"]):
+                index = int(out["index"][g])
+                j = mine.get(index)
+                ex = None if j is not None else src[index]  # another host's example: read it from the source
+                ids = {k: _plain(batch[k][j] if j is not None else ex.get(k)) for k in ("patient", "visit", "view")}
+                row = {"index": index, **ids, "face_present": positive, "presence": float(out["presence"][g])}
+                if not positive:
+                    rows.append({**row, "negative_kind": KINDS[index % len(KINDS)]})
+                    continue
+                if j is not None:
+                    coeffs, to_orig = batch["coeffs"][j], batch["to_original"][j]
+                    true_box = np.asarray(batch["face_box"][j], np.float64)
+                    size = np.asarray(batch["original_size"][j], np.float64)
+                else:  # recompute its geometry from the source
+                    from vitijax.data.pipeline import prepare
 
-                ex = source[index]
-                prepared = prepare(ex, pcfg)
-                coeffs, to_orig = prepared["coeffs"], prepared["to_original"]
-                ids = {k: _plain(ex.get(k)) for k in ("patient", "visit", "view")}
-                true_box = np.asarray(ex["face_box"], np.float64)
-                size = np.asarray(ex["original_size"], np.float64)
-            # in original pixels, clipped to the photo as FaceBoxModel clips it in analysis
-            pred = np.clip(box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2), 0, np.tile(size[::-1], 2))
-            iou = box_iou(pred, true_box)
-            cx0, cy0, cx1, cy1 = face_lib.crop_box(face_lib.int_box(tuple(pred)), margin)
-            holds = bool(cx0 <= true_box[0] and cy0 <= true_box[1] and cx1 >= true_box[2] and cy1 >= true_box[3])
-            rows.append({"index": index, **ids, "box_pred": [round(float(v), 1) for v in pred],
-                         "box_true": [float(v) for v in true_box], "iou": iou, "crop_holds_face": holds})
-    rows.sort(key=lambda r: r["index"])
+                    prepared = prepare(ex, pcfg)
+                    coeffs, to_orig = prepared["coeffs"], prepared["to_original"]
+                    true_box = np.asarray(ex["face_box"], np.float64)
+                    size = np.asarray(ex["original_size"], np.float64)
+                # in original pixels, clipped to the photo as FaceBoxModel clips it in analysis
+                pred = np.clip(box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2), 0,
+                               np.tile(size[::-1], 2))
+                iou = box_iou(pred, true_box)
+                cx0, cy0, cx1, cy1 = face_lib.crop_box(face_lib.int_box(tuple(pred)), margin)
+                holds = bool(cx0 <= true_box[0] and cy0 <= true_box[1] and cx1 >= true_box[2] and cy1 >= true_box[3])
+                rows.append({**row, "box_pred": [round(float(v), 1) for v in pred],
+                             "box_true": [float(v) for v in true_box], "iou": iou, "crop_holds_face": holds})
+    rows.sort(key=lambda r: (not r["face_present"], r["index"]))
     return rows
 
 
@@ -160,17 +194,40 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def summarize_boxes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean IoU, recall at IoU 0.5 and 0.75, the fraction of crops holding the whole face: overall and by view."""
+PRESENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def summarize_boxes(rows: Sequence[Mapping[str, Any]], presence_threshold: float = 0.5) -> dict[str, Any]:
+    """Over the photos with a face: mean IoU, recall at IoU 0.5 and 0.75, the fraction of crops holding the
+    whole face (overall and by view). Face presence at ``presence_threshold``: ``face_found`` (share of
+    photos with a face scoring at or above it) and ``no_face_rejected`` (share of no-face photos scoring
+    below it), per negative kind, and both over :data:`PRESENCE_THRESHOLDS` (the measurement a threshold
+    is chosen from)."""
+    pos = [r for r in rows if r.get("face_present", True)]
+    neg = [r for r in rows if not r.get("face_present", True)]
+
     def block(rs):
         iou = np.array([r["iou"] for r in rs], np.float64)
         return {"images": len(rs), "iou": float(iou.mean()), "recall_50": float((iou >= 0.5).mean()),
                 "recall_75": float((iou >= 0.75).mean()),
                 "crop_holds_face": float(np.mean([r["crop_holds_face"] for r in rs]))}
-    if not rows:
+    if not pos:
         return {"images": 0}
-    views = sorted({str(r.get("view", "")) for r in rows})
-    return {**block(rows), "by_view": {v: block([r for r in rows if str(r.get("view", "")) == v]) for v in views}}
+    views = sorted({str(r.get("view", "")) for r in pos})
+    out = {**block(pos), "by_view": {v: block([r for r in pos if str(r.get("view", "")) == v]) for v in views}}
+    if neg and all("presence" in r for r in rows):
+        ps, ns = np.array([r["presence"] for r in pos]), np.array([r["presence"] for r in neg])
+        out["presence_threshold"] = presence_threshold
+        out["face_found"] = float((ps >= presence_threshold).mean())
+        out["no_face_rejected"] = float((ns < presence_threshold).mean())
+        out["no_face_images"] = len(neg)
+        kinds = sorted({r["negative_kind"] for r in neg})
+        out["no_face_rejected_by_kind"] = {
+            k: float(np.mean([r["presence"] < presence_threshold for r in neg if r["negative_kind"] == k]))
+            for k in kinds}
+        out["presence_sweep"] = [{"threshold": t, "face_found": float((ps >= t).mean()),
+                                  "no_face_rejected": float((ns < t).mean())} for t in PRESENCE_THRESHOLDS]
+    return out
 
 
 def image_row(index: int, ids: Mapping[str, Any], face_counts, crop_counts) -> dict[str, Any]:

@@ -12,8 +12,9 @@ Two face finders, chosen by the caller (``launch.analyze --face-box``):
   passer-by is smaller; a weak false positive does not win by size). Works
   with no training; misses many faces with extensive vitiligo.
 * :class:`FaceBoxModel`, the paper's face-box network trained with
-  ``launch/configs/face_box.py``: one box per photo, always (no score). A
-  photo without a face shows up downstream as an empty face mask.
+  ``launch/configs/face_box.py``: one box per photo and a face-presence
+  score (trained on photos with and without a face); below the model's
+  ``presence_threshold`` the photo holds no face.
 
 Crop rule (documented once, used by the data set builders, training and
 analysis): the face box is grown by ``margin`` of its larger side on every
@@ -41,7 +42,7 @@ class Detection:
     right eye, left eye, nose tip, right and left mouth corners (the subject's sides)."""
 
     box: tuple[float, float, float, float]
-    score: float  # NaN from the face-box network, which has no score
+    score: float  # RetinaFace's score, or the face-box network's face-presence score
     landmarks: np.ndarray | None  # None from the face-box network
 
 
@@ -91,9 +92,12 @@ class FaceBoxModel:
     """The paper's face-box network with its variables and meta (a model checkpoint's, or a bundle's).
 
     ``model(image)`` on an RGB uint8 photo [h, w, 3] of any size returns one
-    :class:`Detection` in the photo's pixels (score NaN, no landmarks). The
-    photo is letterboxed exactly as in training (``data.pipeline.prepare_photo``).
-    A checkpoint of another model is refused with a message naming it.
+    :class:`Detection` in the photo's pixels (score: the face-presence score
+    in [0, 1], no landmarks); ``threshold`` is the score below which the photo
+    holds no face (the model meta's ``presence_threshold``). The photo is
+    letterboxed exactly as in training (``data.pipeline.prepare_photo``). A
+    checkpoint of another model, or one trained without the presence head, is
+    refused with a message naming it.
     """
 
     def __init__(self, variables: dict, meta: dict, *, where: str):
@@ -106,7 +110,11 @@ class FaceBoxModel:
         if meta.get("model") != "facebox":
             raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not the face-box network "
                                   "(train one with launch/configs/face_box.py)")
+        if "presence_threshold" not in meta:
+            raise CheckpointError(f"{where}: a face-box network trained before the face-presence head (it cannot say "
+                                  "'no face'); retrain it with launch/configs/face_box.py")
         self.where, self.meta = where, meta
+        self.threshold = float(meta["presence_threshold"])
         self.cfg = PipelineConfig(input_size=tuple(meta["input"]["size"]), label="box", mask_input=False)
         model = FaceBoxNet(pool=int(meta["pool"]), hidden=int(meta["hidden"]))
         self._variables = jax.device_put({"params": variables["params"]})
@@ -127,10 +135,12 @@ class FaceBoxModel:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"the face-box network expects an RGB image [h, w, 3], got shape {image.shape}")
         prepared = prepare_photo(np.asarray(image, np.uint8), self.cfg)
-        box = np.asarray(self._fwd(self._variables, prepared["image"][None]))[0]
+        box, presence = self._fwd(self._variables, prepared["image"][None])
         h, w = image.shape[:2]
-        x0, y0, x1, y1 = np.clip(box_to_photo(box, prepared["coeffs"], self.cfg.input_size[0]), 0, [w, h, w, h])
-        return Detection((float(x0), float(y0), float(x1), float(y1)), float("nan"), None)
+        x0, y0, x1, y1 = np.clip(box_to_photo(np.asarray(box)[0], prepared["coeffs"], self.cfg.input_size[0]), 0,
+                                 [w, h, w, h])
+        score = float(1.0 / (1.0 + np.exp(-float(np.asarray(presence)[0]))))
+        return Detection((float(x0), float(y0), float(x1), float(y1)), score, None)
 
 
 def choose_face(detections: list[Detection]) -> Detection | None:

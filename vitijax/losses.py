@@ -25,6 +25,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from vitijax.resize import resize_bilinear
@@ -148,16 +149,31 @@ def box_iou_giou(pred: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Arr
     return iou, iou - (hull - union) / jnp.maximum(hull, 1e-9)
 
 
-def box_loss(pred: jax.Array, target: jax.Array, *, l1_weight: float = 5.0,
-             giou_weight: float = 2.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The face-box network's loss: l1_weight * mean |pred - target| + giou_weight * mean (1 - GIoU).
+def box_loss(pred: jax.Array, target: jax.Array, presence_logit: jax.Array | None = None,
+             present: jax.Array | None = None, *, l1_weight: float = 5.0, giou_weight: float = 2.0,
+             presence_weight: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The face-box network's loss: l1_weight * mean |pred - target| + giou_weight * mean (1 - GIoU)
+    over the photos that hold a face, + presence_weight * binary cross-entropy of the presence logit.
 
     ``pred`` and ``target`` [b, 4] are (x0, y0, x1, y1) as fractions of the
     input side. The weights are DETR's (5, 2), which balance the two terms for
-    boxes in [0, 1]. Returns (total, {"loss_l1", "loss_giou", "iou"}).
+    boxes in [0, 1]. ``present`` [b] is 1 for a photo with a face, 0 for one
+    without (whose target box is meaningless and left out); without it every
+    photo holds a face and no presence term is added. Returns (total,
+    {"loss_l1", "loss_giou", "iou", and with ``present``: "loss_presence",
+    "presence_accuracy"}).
     """
-    l1 = jnp.mean(jnp.abs(pred - target))
+    weight = jnp.ones(pred.shape[0], jnp.float32) if present is None else present.astype(jnp.float32)
+    n = jnp.maximum(weight.sum(), 1.0)
+    l1 = jnp.sum(jnp.abs(pred - target).mean(-1) * weight) / n
     iou, giou = box_iou_giou(pred, target)
-    loss_giou = jnp.mean(1.0 - giou)
-    return l1_weight * l1 + giou_weight * loss_giou, {"loss_l1": l1, "loss_giou": loss_giou,
-                                                      "iou": jnp.mean(iou)}
+    loss_giou = jnp.sum((1.0 - giou) * weight) / n
+    total = l1_weight * l1 + giou_weight * loss_giou
+    parts = {"loss_l1": l1, "loss_giou": loss_giou, "iou": jnp.sum(iou * weight) / n}
+    if present is not None:
+        if presence_logit is None:
+            raise ValueError("box_loss: `present` given without the presence logits")
+        bce = optax.sigmoid_binary_cross_entropy(presence_logit, weight).mean()
+        total = total + presence_weight * bce
+        parts.update(loss_presence=bce, presence_accuracy=jnp.mean((presence_logit > 0) == (weight > 0.5)))
+    return total, parts

@@ -16,7 +16,10 @@ result with ``ratio`` NaN (undefined, not 0) and the reason in ``flags``;
 the other photos of the batch are analysed as usual.
 
 Quality flags (in ``flags``; thresholds in :data:`QUALITY`):
-  ``no face``, ``several faces`` (RetinaFace found more than one strong
+  ``photo too small`` (a side under :data:`MIN_PHOTO_SIDE`), ``no face`` (the
+  face-box network's face-presence score below its threshold, or RetinaFace
+  found none), ``implausible face mask`` (its shape, :func:`face_mask_shape`,
+  outside :data:`FACE_MASK_RANGE`),  ``several faces`` (RetinaFace found more than one strong
   face), ``empty face mask``, ``face mask touches the photo edge``,
   ``underexposed`` / ``overexposed`` (median luminance of the face),
   ``specular highlights`` (share of saturated face pixels),
@@ -36,6 +39,13 @@ from vitijax import face as face_lib
 from vitijax.metrics import f_vitiligo
 from vitijax.segmenter import resize_channels
 
+# What a face mask's shape must look like before its ratio is trusted (see face_mask_shape).
+FACE_MASK_RANGE = {"face_fill": (0.3, 1.2), "face_in_box": (0.85, 1.0), "face_largest_part": (0.85, 1.0)}
+# "Needs review": {quality signal: (">" or "<", threshold)}; a photo crossing any is flagged. Chosen by
+# measurement on held-out synthetic photos (launch.evaluate --bundle --calibrate; see README).
+REVIEW_RULE: dict[str, tuple[str, float]] = {"ratio_band_pp": (">", 2.0)}
+RATIO_UNDEFINED = ("photo too small", "no face", "empty face mask", "implausible face mask")
+MIN_PHOTO_SIDE = 32  # pixels: a smaller picture cannot show a face worth measuring  # flags that leave no ratio
 QUALITY = {"underexposed_median": 40, "overexposed_median": 215, "saturated_level": 250,
            "specular_share": 0.01, "uncertain_band": (0.3, 0.7), "uncertain_share": 0.10}
 
@@ -50,7 +60,7 @@ class PhotoResult:
     face_pixels: int = 0
     vitiligo_pixels: int = 0
     face_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1, photo pixels
-    box_score: float = math.nan  # RetinaFace's score; NaN for the face-box network
+    box_score: float = math.nan  # RetinaFace's score, or the face-box network's face-presence score
     crop_box: tuple[int, int, int, int] | None = None
     flags: list[str] = dataclasses.field(default_factory=list)
     face_mask: np.ndarray | None = None
@@ -58,13 +68,60 @@ class PhotoResult:
     probability: np.ndarray | None = None  # lesion probability [crop h, crop w] float32 (on request)
     uncertainty: np.ndarray | None = None  # TTA std of the lesion probability [crop h, crop w] (with TTA)
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
+    review_reasons: list[str] = dataclasses.field(default_factory=list)  # why the ratio needs a look; [] = trusted
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.review_reasons)
 
     def summary(self) -> dict[str, Any]:
         """The scalar fields, for tables and JSON."""
-        return {"ratio": self.ratio, "face_pixels": self.face_pixels, "vitiligo_pixels": self.vitiligo_pixels,
+        return {"ratio": self.ratio, "needs_review": self.needs_review, "review_reasons": list(self.review_reasons),
+                "face_pixels": self.face_pixels, "vitiligo_pixels": self.vitiligo_pixels,
                 "face_box": None if self.face_box is None else [round(v, 1) for v in self.face_box],
                 "box_score": self.box_score, "crop_box": self.crop_box, "flags": list(self.flags),
                 "height": self.height, "width": self.width, **self.quality}
+
+
+def review_reasons(quality: dict[str, float], rule: dict[str, tuple[str, float]] | None = None) -> list[str]:
+    """Why a photo's ratio needs a person's look: each signal of ``rule`` ({signal: (">" or "<", threshold)};
+    default :data:`REVIEW_RULE`) that ``quality`` crosses, as "signal 3.2 > 2.5"."""
+    out = []
+    for key, (op, threshold) in (REVIEW_RULE if rule is None else rule).items():
+        v = quality.get(key)
+        if v is not None and math.isfinite(v) and (v > threshold if op == ">" else v < threshold):
+            out.append(f"{key} {v:.3g} {op} {threshold:g}")
+    return out
+
+
+def face_mask_shape(face: np.ndarray, box) -> dict[str, float]:
+    """Shape statistics of a face mask [h, w] {0, 1} against the face box ``box`` (x0, y0, x1, y1) in the
+    same pixels, on a copy shrunk to at most 256 pixels a side (enough for shares, and cheap):
+
+    ``face_fill``: face pixels / box area (a face fills about 0.6-0.8 of its box);
+    ``face_in_box``: share of face pixels inside the box grown by 10 % of its size on each side;
+    ``face_largest_part``: share of face pixels in the largest 8-connected part.
+    """
+    from scipy import ndimage
+
+    h, w = face.shape
+    step = max(1, int(math.ceil(max(h, w) / 256)))
+    small = face[::step, ::step] > 0
+    n = int(small.sum())
+    x0, y0, x1, y1 = (float(v) / step for v in box)
+    bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    gx0, gy0, gx1, gy1 = x0 - 0.1 * bw, y0 - 0.1 * bh, x1 + 0.1 * bw, y1 + 0.1 * bh
+    ys, xs = np.nonzero(small)
+    inside = ((xs + 0.5 >= gx0) & (xs + 0.5 <= gx1) & (ys + 0.5 >= gy0) & (ys + 0.5 <= gy1)).sum()
+    labels, count = ndimage.label(small, structure=np.ones((3, 3), bool))
+    largest = np.bincount(labels.ravel())[1:].max() if count else 0
+    return {"face_fill": n / (bw * bh), "face_in_box": float(inside / n) if n else 0.0,
+            "face_largest_part": float(largest / n) if n else 0.0}
+
+
+def face_mask_plausible(shape: dict[str, float]) -> bool:
+    """Whether a face mask's shape statistics (:func:`face_mask_shape`) fall in :data:`FACE_MASK_RANGE`."""
+    return all(lo <= shape[k] <= hi for k, (lo, hi) in FACE_MASK_RANGE.items())
 
 
 def _inside_photo(box: face_lib.Box, photo_hw: tuple[int, int]) -> np.ndarray:
@@ -88,7 +145,7 @@ class Analyzer:
 
     def __init__(self, lesion, face_mask, face_box=None, *, flips: bool = False, scales: Sequence[float] = (1.0,),
                  margin: float = 0.15, detect_long_side: int = face_lib.DEFAULT_LONG_SIDE,
-                 keep_probability: bool = False):
+                 keep_probability: bool = False, review_rule: dict[str, tuple[str, float]] | None = None):
         if lesion.label != "vitiligo":
             from vitijax.checkpoint import CheckpointError
 
@@ -96,14 +153,22 @@ class Analyzer:
         self.lesion, self.face_mask, self.face_box = lesion, face_mask, face_box
         self.flips, self.scales, self.margin = flips, tuple(scales), margin
         self.detect_long_side, self.keep_probability = detect_long_side, keep_probability
+        self.review_rule = review_rule
 
     @property
     def tta(self) -> bool:
         return self.flips or self.scales != (1.0,)
 
     def find_face(self, photo: np.ndarray, result: PhotoResult) -> face_lib.Detection | None:
+        if min(photo.shape[:2]) < MIN_PHOTO_SIDE:
+            result.flags.append("photo too small")
+            return None
         if self.face_box is not None:
             det = self.face_box(photo)
+            result.box_score = det.score
+            if det.score < self.face_box.threshold:
+                result.flags.append("no face")
+                return None
         else:
             dets = face_lib.detect(photo, long_side=self.detect_long_side)
             det = face_lib.choose_face(dets)
@@ -115,14 +180,19 @@ class Analyzer:
         result.face_box, result.box_score = det.box, det.score
         return det
 
-    def __call__(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None
-                 ) -> list[PhotoResult]:
+    def __call__(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None,
+                 boxes: Sequence[tuple[float, float, float, float]] | None = None) -> list[PhotoResult]:
         """Analyses a batch of RGB uint8 photos [h, w, 3]; ``truths``: annotated face masks, for the
-        ``ground_truth`` face-mask source."""
+        ``ground_truth`` face-mask source; ``boxes``: given face boxes (x0, y0, x1, y1, photo pixels)
+        instead of the face finder's (the chain evaluator's "lesion only" reference)."""
         results = [PhotoResult(p.shape[0], p.shape[1]) for p in photos]
         todo = []  # (index, detection, crop box)
         for i, (photo, res) in enumerate(zip(photos, results)):
-            det = self.find_face(photo, res)
+            if boxes is not None:
+                det = face_lib.Detection(tuple(float(v) for v in boxes[i]), 1.0, None)
+                res.face_box, res.box_score = det.box, det.score
+            else:
+                det = self.find_face(photo, res)
             if det is not None:
                 res.crop_box = face_lib.crop_box(face_lib.int_box(det.box), self.margin)
                 todo.append((i, det, res.crop_box))
@@ -133,11 +203,16 @@ class Analyzer:
         faces = self.face_mask([photos[i] for i in idx], boxes, [d for _, d, _ in todo],
                                None if truths is None else [truths[i] for i in idx])
         lesion_in = []
-        for i, box, face in zip(idx, boxes, faces):
+        for i, box, face, (_, det, _) in zip(idx, boxes, faces, todo):
             # The crop's zero-filled part beyond the photo's edge is not face, whatever a network says.
             face = face * _inside_photo(box, photos[i].shape[:2])
             if not face.any():
                 results[i].flags.append("empty face mask")
+                continue
+            shape = face_mask_shape(face, np.asarray(det.box, np.float64) - [box[0], box[1], box[0], box[1]])
+            results[i].quality.update(shape)
+            if not face_mask_plausible(shape):
+                results[i].flags.append("implausible face mask")
                 continue
             lesion_in.append((i, box, face))
         if not lesion_in:
@@ -167,12 +242,16 @@ class Analyzer:
         pixels = crop[on_face].astype(np.float32)
         luminance = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
         lo, hi = QUALITY["uncertain_band"]
+        p_face = p_lesion[on_face]
         q = {"face_median_luminance": float(np.median(luminance)),
              "saturated_share": float((pixels.max(axis=1) >= QUALITY["saturated_level"]).mean()),
-             "uncertain_share": float(((p_lesion[on_face] > lo) & (p_lesion[on_face] < hi)).mean())}
+             "uncertain_share": float(((p_face > lo) & (p_face < hi)).mean()),
+             # how far the ratio would move if the decision threshold moved from 0.5 to 0.25 or 0.75: pixels
+             # the network is unsure of, in percentage points of the face
+             "ratio_band_pp": float(100.0 * ((p_face > 0.25) & (p_face <= 0.75)).mean())}
         if std is not None:
             q["mean_uncertainty"] = float(res.uncertainty[on_face].mean())
-        res.quality = q
+        res.quality.update(q)
         if q["face_median_luminance"] < QUALITY["underexposed_median"]:
             res.flags.append("underexposed")
         if q["face_median_luminance"] > QUALITY["overexposed_median"]:
@@ -181,6 +260,7 @@ class Analyzer:
             res.flags.append("specular highlights")
         if q["uncertain_share"] > QUALITY["uncertain_share"]:
             res.flags.append("uncertain lesion pixels")
+        res.review_reasons = review_reasons(res.quality, self.review_rule)
         h, w = photo_hw
         fy, fx = np.nonzero(face)
         if fy.size and (box[0] + fx.min() <= 0 or box[1] + fy.min() <= 0 or box[0] + fx.max() >= w - 1

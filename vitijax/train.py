@@ -74,7 +74,8 @@ def make_model(model_cfg) -> DDRNet | FaceBoxNet:
 def model_meta(model_cfg) -> dict[str, Any]:
     """The fields that identify a model in its checkpoints."""
     if model_cfg.get("name", "ddrnet") == "facebox":
-        return {"model": "facebox", "pool": int(model_cfg.get("pool", 5)), "hidden": int(model_cfg.get("hidden", 256))}
+        return {"model": "facebox", "pool": int(model_cfg.get("pool", 5)), "hidden": int(model_cfg.get("hidden", 256)),
+                "presence_threshold": float(model_cfg.get("presence_threshold", 0.5))}
     return {"model": "ddrnet", "variant": model_cfg.variant, "num_classes": int(model_cfg.num_classes),
             "aux_head": bool(model_cfg.aux_head)}
 
@@ -106,13 +107,15 @@ def abstract_train_state(model: DDRNet, tx: optax.GradientTransformation, input_
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRNet | FaceBoxNet,
                tx: optax.GradientTransformation, loss_cfg, schedule) -> tuple[TrainState, dict[str, jax.Array]]:
     """One AdamW step on the global batch ``{'image': [b, h, w, 3], 'label': [b, h, w]}`` (DDRNet) or
-    ``{'image': [b, s, s, 3], 'box': [b, 4]}`` (face-box network)."""
+    ``{'image': [b, s, s, 3], 'box': [b, 4], 'present': [b]}`` (face-box network)."""
     def loss_fn(params):
         outputs, updated = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                        train=True, mutable=["batch_stats"])
         if isinstance(model, FaceBoxNet):
-            loss, parts = box_loss(outputs, batch["box"], l1_weight=loss_cfg.get("l1_weight", 5.0),
-                                   giou_weight=loss_cfg.get("giou_weight", 2.0))
+            box, presence = outputs
+            loss, parts = box_loss(box, batch["box"], presence, batch["present"],
+                                   l1_weight=loss_cfg.get("l1_weight", 5.0), giou_weight=loss_cfg.get("giou_weight", 2.0),
+                                   presence_weight=loss_cfg.get("presence_weight", 1.0))
         else:
             loss, parts = ddrnet_loss(outputs, batch["label"], aux_weight=loss_cfg.aux_weight,
                                       thresh=loss_cfg.thresh, min_kept=loss_cfg.min_kept,
@@ -138,18 +141,20 @@ def compile_steps(model, tx, loss_cfg, schedule, mesh):
 # Evaluation (the evaluator itself is vitijax.evaluate)
 # ----------------------------------------------------------------------------
 
-def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh) -> tuple[dict[str, float], list[dict]]:
+def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh,
+                   presence_threshold: float = 0.5) -> tuple[dict[str, float], list[dict]]:
     """(flat summary for logs: face-region pooled scores, crop_ scores, ratio_mae; per-image rows).
 
     For the face-mask network (label "face") the region is the whole crop (see vitijax.evaluate).
-    For the face-box network: mean IoU, recall at IoU 0.5 / 0.75, crop_holds_face.
+    For the face-box network: mean IoU, recall at IoU 0.5 / 0.75, crop_holds_face, and at
+    ``presence_threshold`` face_found and no_face_rejected (see ``evaluate.summarize_boxes``).
     """
     rows, _ = evaluation.evaluate(ev_step, variables, source, pcfg, global_batch, mesh)
     if pcfg.label == "box":
         if not rows:
             raise ValueError("the evaluation split is empty: no face box to evaluate")
-        s = evaluation.summarize_boxes(rows)
-        return {k: v for k, v in s.items() if k != "by_view"}, rows
+        s = evaluation.summarize_boxes(rows, presence_threshold)
+        return {k: v for k, v in s.items() if isinstance(v, (int, float))}, rows
     s = evaluation.summarize(rows)
     flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
             "ratio_mae": s["ratio"]["mae"], "images": s["images"]}
@@ -165,7 +170,8 @@ def _pipeline_config(config) -> PipelineConfig:
     return PipelineConfig(input_size=tuple(inp.size), label=inp.get("label", "vitiligo"),
                           mask_input=bool(inp.get("mask_input", True)), flip=bool(inp.get("flip", True)),
                           scale_range=tuple(inp.get("scale_range", (0.8, 1.25))),
-                          max_rotation_deg=float(inp.get("max_rotation_deg", 10.0)))
+                          max_rotation_deg=float(inp.get("max_rotation_deg", 10.0)),
+                          no_face_prob=float(inp.get("no_face_prob", 0.0)))
 
 
 def _check(values: Mapping[str, float], step: int, ckpts: TrainCheckpoints) -> None:
@@ -188,6 +194,9 @@ def _print_summary(title: str, s: Mapping[str, float]) -> str:
         line = (f"{title}: face box IoU {100 * s['iou']:.2f}  recall@0.5 {100 * s['recall_50']:.2f}  "
                 f"recall@0.75 {100 * s['recall_75']:.2f}  crop holds the whole face {100 * s['crop_holds_face']:.2f} "
                 f"({s['images']} photos, %)")
+        if "face_found" in s:
+            line += (f"; face presence at {s['presence_threshold']:g}: faces found {100 * s['face_found']:.2f}, "
+                     f"no-face photos rejected {100 * s['no_face_rejected']:.2f} ({s['no_face_images']} photos, %)")
     else:
         line = (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
                 f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
@@ -237,6 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     model = make_model(config.model)
     tx, schedule = make_optimizer(config.optimizer, total_steps)
     meta = model_meta(config.model)
+    presence_threshold = float(meta.get("presence_threshold", 0.5))
     # What a model needs besides its weights to be applied: stored with the best model.
     input_meta = {"size": list(pcfg.input_size), "mask_input": pcfg.mask_input, "label": pcfg.label}
     ckpts = TrainCheckpoints(workdir, keep=int(config.get("keep_checkpoints", 3)))
@@ -310,7 +320,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     progress.print(done, {k: values[k] for k in ("loss", "grad_norm", "lr")})
             if done % eval_every == 0 or done == total_steps:
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
-                summary, _ = evaluate_split(ev_fn, variables, eval_src, pcfg, gbs, mesh)
+                summary, _ = evaluate_split(ev_fn, variables, eval_src, pcfg, gbs, mesh, presence_threshold)
                 writer.write(done, "validation", summary)
                 _print_summary(f"validation at step {done}", summary)
                 key = _selection_key(pcfg)
@@ -327,10 +337,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
         # --- Final evaluation on held-out patients ---------------------------
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        summary, rows = evaluate_split(ev_fn, variables, test_src, pcfg, gbs, mesh)
+        summary, rows = evaluate_split(ev_fn, variables, test_src, pcfg, gbs, mesh, presence_threshold)
         writer.write(total_steps, "test", summary)
         _print_summary(f"test ({d.test_split}, held-out patients)", summary)
         result = {"step": total_steps, "test": summary, f"best_validation_{_selection_key(pcfg)}": best}
+        if pcfg.label == "box":  # by view, by kind of no-face photo, and the threshold sweep
+            result["test_details"] = evaluation.summarize_boxes(rows, presence_threshold)
         if is_main:
             with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
                 json.dump({**result, "per_image": rows}, f, indent=2, default=float)

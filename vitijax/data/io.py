@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -38,12 +39,20 @@ def sha256_file(path: str | os.PathLike) -> str:
 def _open(path: str) -> Image.Image:
     if not os.path.isfile(path):
         raise ImageReadError(path, "no such file")
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode fully now: a truncated file fails here, not later
-            return ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, before decoding
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decode fully now: a truncated file fails here, not later
+                return ImageOps.exif_transpose(im)
     except ImageReadError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(path, f"image too large to be a photo, refused as a possible decompression bomb "
+                                   f"(over {Image.MAX_IMAGE_PIXELS // 1_000_000} Mpx): {e}") from e
     except Exception as e:  # PIL raises several types for unreadable/truncated files
         raise ImageReadError(path, f"unreadable or truncated image ({type(e).__name__}: {e})") from e
 

@@ -15,7 +15,9 @@ For the face-box network (``label="box"``) the input is instead the whole
 photo (the example's ``photo``), letterboxed into the square ``input_size``
 (scaled to fit, centred, black bars) with RetinaFace's normalisation, and the
 label is the face box as fractions of the input side
-(:func:`prepare_photo`; :func:`box_to_photo` maps predictions back).
+(:func:`prepare_photo`; :func:`box_to_photo` maps predictions back), with
+'present' 1; a share ``no_face_prob`` of training photos is replaced by a
+photo without a face (:mod:`vitijax.data.no_face`), 'present' 0.
 
 Training augmentation (joint on image and masks): random scale and crop,
 small rotation, horizontal flip (which swaps the left and right views in the
@@ -52,6 +54,7 @@ class PipelineConfig:
     uv_tone: float = 0.08  # per-channel gain, +-: the violet/blue balance of UV lamps varies
     blur_prob: float = 0.3
     max_blur_sigma: float = 1.2  # pixels of the network input
+    no_face_prob: float = 0.0  # face-box network: share of training photos replaced by one without a face
 
     def __post_init__(self):
         h, w = self.input_size
@@ -205,9 +208,18 @@ def prepare(example: dict, cfg: PipelineConfig, rng: np.random.Generator | None 
     """
     if cfg.label == "box":
         photo, box = photo_and_box(example)
-        out = prepare_photo(photo, cfg, box, rng)
         # per axis (x, y): stored photo pixels -> original photo pixels
-        out["to_original"] = (np.asarray(example["original_size"], np.float64) / photo.shape[:2])[::-1].copy()
+        to_original = (np.asarray(example["original_size"], np.float64) / photo.shape[:2])[::-1].copy()
+        present = bool(example.get("face_present", True))
+        if present and rng is not None and cfg.no_face_prob > 0 and rng.random() < cfg.no_face_prob:
+            from vitijax.data.no_face import no_face_photo
+
+            photo, present = no_face_photo(photo, box, rng), False
+        out = prepare_photo(photo, cfg, box if present else None, rng)
+        if not present:  # no box to learn: the loss leaves it out
+            out["box"] = np.zeros(4, np.float32)
+        out["present"] = np.float32(present)
+        out["to_original"] = to_original
         return out
     image = np.asarray(example["image"], np.uint8)
     face = _mask2d(example["face_mask"]).astype(np.uint8)
@@ -240,7 +252,8 @@ class _TrainMap(grain.RandomMapTransform):
 
     def random_map(self, element, rng: np.random.Generator):
         out = prepare(element, self.cfg, rng)
-        return {k: out[k] for k in ("image", "box" if self.cfg.label == "box" else "label")}
+        keys = ("image", "box", "present") if self.cfg.label == "box" else ("image", "label")
+        return {k: out[k] for k in keys}
 
 
 def _blank(cfg: PipelineConfig) -> dict[str, np.ndarray]:
@@ -248,7 +261,7 @@ def _blank(cfg: PipelineConfig) -> dict[str, np.ndarray]:
     h, w = cfg.input_size
     if cfg.label == "box":
         return {"image": np.zeros((h, w, 3), np.float32), "box": np.zeros(4, np.float32),
-                "coeffs": np.zeros(6, np.float64), "to_original": np.zeros(2, np.float64)}
+                "present": np.float32(0), "coeffs": np.zeros(6, np.float64), "to_original": np.zeros(2, np.float64)}
     return {"image": np.zeros((h, w, 3), np.float32), "label": np.zeros((h, w), np.int32),
             "face": np.zeros((h, w), np.uint8)}
 

@@ -12,12 +12,13 @@ averaged away), to the face box of the one patient in the photo.
 Input: [b, s, s, 3] float32, RetinaFace's normalisation (BGR minus
 :data:`retinaface.MEAN_BGR`), the photo letterboxed into the square (see
 :mod:`vitijax.data.pipeline`); ``s`` a multiple of ``32 * pool``.
-Output: boxes [b, 4] as (x0, y0, x1, y1), fractions of ``s``, x0 < x1 and
-y0 < y1 by construction (centre and size through a sigmoid).
-
-There is no face/no-face score: the network always answers one box. A photo
-without a face is caught downstream, where the face mask in that box comes
-out empty (see :mod:`vitijax.pipeline`).
+Output: (boxes [b, 4] as (x0, y0, x1, y1), fractions of ``s``, x0 < x1 and
+y0 < y1 by construction (centre and size through a sigmoid); face-presence
+logits [b]). The box regressor always answers a box; the presence head (one
+more dense layer on the same features, trained with binary cross-entropy on
+photos with and without a face, :mod:`vitijax.data.no_face`) says whether
+there is a face to box. ``sigmoid(logit)`` is the face-presence score that
+``launch.analyze`` compares with the threshold stored in the model's meta.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _avg_pool_to(x, cells: int):
 
 
 class FaceBoxNet(nn.Module):
-    """Encoder ``fx`` / ``fpn`` / ``ssh1..3`` (RetinaFace's names) + MLP ``head_0``, ``head_1``."""
+    """Encoder ``fx`` / ``fpn`` / ``ssh1..3`` (RetinaFace's names) + MLP ``head_0``, ``head_1`` (box) and
+    ``presence`` (face-presence logit)."""
 
     pool: int = 5
     hidden: int = 256
@@ -57,7 +59,8 @@ class FaceBoxNet(nn.Module):
         raw = nn.Dense(4, kernel_init=nn.initializers.zeros, name="head_1")(h).astype(jnp.float32)
         centre = jax.nn.sigmoid(raw[:, :2])
         size = jax.nn.sigmoid(raw[:, 2:])
-        return jnp.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+        presence = nn.Dense(1, name="presence")(h).astype(jnp.float32)[:, 0]
+        return jnp.concatenate([centre - size / 2, centre + size / 2], axis=-1), presence
 
 
 ENCODER_MODULES = ("fx", "fpn", "ssh1", "ssh2", "ssh3")

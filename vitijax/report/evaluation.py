@@ -52,8 +52,9 @@ def overlay_panels(image: np.ndarray, pred: np.ndarray, true: np.ndarray, face: 
 
 def write_report(out: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], *, title: str,
                  overlay_source: Callable[[Mapping[str, Any]], tuple] | None = None,
-                 max_overlays: int = 200) -> dict[str, str]:
-    """Writes the report; ``overlay_source(row)`` gives (image, pred, true, face) arrays for a row's overlay.
+                 max_overlays: int = 200, extra_html: str = "") -> dict[str, str]:
+    """Writes the report; ``overlay_source(row)`` gives (image, pred, true, face) arrays for a row's overlay;
+    ``extra_html`` (already escaped) goes above Table 1.
 
     Returns the paths written, by kind.
     """
@@ -87,5 +88,6 @@ def write_report(out: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
             Image.fromarray(overlay_panels(*overlay_source(r))).save(os.path.join(out, rel))
             overlays.append({**r, "src": rel})
     html_report.write_index(paths["index"], title=title, summary=summary, overlays=overlays,
-                            patient_figures=patient_figs, bland_altman_png="bland_altman.png", per_patient=pp)
+                            patient_figures=patient_figs, bland_altman_png="bland_altman.png", per_patient=pp,
+                            extra_html=extra_html)
     return paths

@@ -13,8 +13,14 @@ Layout of ``OUT``::
 Change from the first visit, per patient and view: ``change_pp`` = ratio -
 first ratio (percentage points; negative = less vitiligo), and
 ``repigmentation_pct`` = (first - ratio) / first x 100 (the share of the
-first visit's vitiligo that has repigmented; undefined when the first ratio
-is 0 or undefined). Every name that comes from the input is escaped in HTML.
+first visit's vitiligo that has repigmented), reported only when the first
+ratio is at least :data:`REPIGMENTATION_FLOOR_PP`: a relative change divides
+the error of two ratios by the baseline, so on a small baseline it says
+nothing (the chain's per-photo F-Vitiligo error is about 1 pp, see README; on
+a 1 pp baseline that alone makes repigmentation anywhere from -100 % to
++100 %, as the -124 % a patient once got from a true -18 %). Below the floor
+the absolute change in pp is the figure to read. Every name that comes from
+the input is escaped in HTML.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from PIL import Image
 from vitijax.data.io import downscale, write_png
 from vitijax.report.overlay import GREEN, YELLOW, fit_height, grid, outlines
 
-COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "change_pp", "repigmentation_pct",
-           "face_pixels", "vitiligo_pixels", "face_box", "box_score", "flags", "face_median_luminance",
+COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "needs_review", "review_reasons",
+           "change_pp", "repigmentation_pct", "repigmentation_note", "face_pixels", "vitiligo_pixels", "face_box", "box_score", "flags", "face_median_luminance",
            "saturated_share", "uncertain_share", "mean_uncertainty", "height", "width", "outputs")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -103,9 +109,17 @@ def write_photo(out: str, inp, photo: np.ndarray, result) -> dict[str, str]:
     return {"outputs": rel, **{k: os.path.join(rel, v) for k, v in files.items()}}
 
 
+# Smallest first-visit F-Vitiligo (pp) for which a relative change (repigmentation %) is reported. With a
+# per-photo error e in each of two visits, the relative change is off by up to 2e / baseline: at 5 pp and
+# e = 1 pp (the chain's measured MAE is below that), 40 % at worst and about 28 % typically (sqrt(2) e /
+# baseline); below 5 pp it grows past any clinical use (VASI's smallest detectable change is 5-7 %).
+REPIGMENTATION_FLOOR_PP = 5.0
+
+
 def add_changes(rows: list[dict[str, Any]]) -> None:
     """Fills ``change_pp`` and ``repigmentation_pct`` of each row against the patient's first visit with a
-    defined ratio in the same view (NaN where undefined)."""
+    defined ratio in the same view (NaN where undefined; repigmentation also NaN, with
+    ``repigmentation_note``, where the first ratio is below :data:`REPIGMENTATION_FLOOR_PP`)."""
     first: dict[tuple[str, str], float] = {}
     for r in sorted(rows, key=lambda r: (str(r["patient"]), str(r["view"]), r["visit"])):
         key = (str(r["patient"]), str(r["view"]))
@@ -114,8 +128,11 @@ def add_changes(rows: list[dict[str, Any]]) -> None:
             first[key] = ratio
         base = first.get(key, math.nan)
         r["change_pp"] = ratio - base if math.isfinite(ratio) and math.isfinite(base) else math.nan
-        r["repigmentation_pct"] = (100.0 * (base - ratio) / base
-                                   if math.isfinite(ratio) and math.isfinite(base) and base > 0 else math.nan)
+        defined = math.isfinite(ratio) and math.isfinite(base)
+        r["repigmentation_pct"] = (100.0 * (base - ratio) / base if defined and base >= REPIGMENTATION_FLOOR_PP
+                                   else math.nan)
+        r["repigmentation_note"] = (f"not applicable: first visit {base:.2f} % < {REPIGMENTATION_FLOOR_PP:g} %"
+                                    if defined and base < REPIGMENTATION_FLOOR_PP else "")
 
 
 def _cell(v) -> str:
@@ -185,8 +202,9 @@ def write_patient(out: str, patient: str, rows: list[dict[str, Any]]) -> str:
     up = os.path.relpath(out, d)
     body = "".join(
         f"<tr><td>{e(str(r['visit']))}</td><td>{e(str(r['view']))}</td><td>{e(os.path.basename(r['file']))}</td>"
-        f"<td>{_fmt(r['ratio'])}</td><td>{_fmt(r['change_pp'], '+.2f')}</td><td>{_fmt(r['repigmentation_pct'], '.1f')}</td>"
-        f"<td class=flag>{e('; '.join(r['flags']) or r.get('reason', ''))}</td>"
+        f"<td>{_fmt(r['ratio'])}</td><td>{_fmt(r['change_pp'], '+.2f')}</td>"
+        f"<td>{e(r.get('repigmentation_note') or '') or _fmt(r['repigmentation_pct'], '.1f')}</td>"
+        f"<td class=flag>{e('; '.join((['needs review: ' + ', '.join(r['review_reasons'])] if r.get('needs_review') else []) + r['flags']) or r.get('reason', ''))}</td>"
         + (f'<td><a href="{e(up + "/" + r["files"]["overlay"])}"><img src="{e(up + "/" + r["files"]["overlay"])}" '
            f'width="160" alt="overlay"></a></td>' if "overlay" in r["files"] else "<td></td>") + "</tr>"
         for r in sorted(rows, key=lambda r: (r["visit"], str(r["view"]))))
@@ -198,7 +216,8 @@ def write_patient(out: str, patient: str, rows: list[dict[str, Any]]) -> str:
 <h2>Photos</h2><table><tr><th>visit</th><th>view</th><th>file</th><th>F-Vitiligo (%)</th>
 <th>change from first visit (pp)</th><th>repigmentation (%)</th><th>flags</th><th>overlay</th></tr>{body}</table>
 <small>F-Vitiligo = vitiligo pixels / face pixels at full resolution. Repigmentation = share of the first visit's
-F-Vitiligo that is gone. Overlays: face outline yellow, predicted vitiligo green.</small></body></html>"""
+F-Vitiligo that is gone, given only from a first visit of at least {REPIGMENTATION_FLOOR_PP:g} % (below it the
+change in percentage points is the figure to read). Overlays: face outline yellow, predicted vitiligo green.</small></body></html>"""
     path = os.path.join(d, "report.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write(doc)

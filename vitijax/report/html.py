@@ -43,7 +43,7 @@ def table1_markdown(summary: Mapping[str, Any]) -> str:
 
 def write_index(path: str, *, title: str, summary: Mapping[str, Any], overlays: Sequence[Mapping[str, Any]],
                 patient_figures: Sequence[tuple[str, str]], bland_altman_png: str | None,
-                per_patient: Sequence[Mapping[str, Any]]) -> None:
+                per_patient: Sequence[Mapping[str, Any]], extra_html: str = "") -> None:
     e = html.escape
     cols = ("f1", "iou", "miou", "dice", "precision", "recall")
     t1 = "".join(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{_pct(v[c])}</td>" for c in cols) + "</tr>"
@@ -78,7 +78,7 @@ def write_index(path: str, *, title: str, summary: Mapping[str, Any], overlays: 
     ba = f'<img src="{e(bland_altman_png)}" alt="Bland-Altman plot" width="520">' if bland_altman_png else ""
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>{_STYLE}</style></head><body>
-<h1>{e(title)}</h1>
+<h1>{e(title)}</h1>{extra_html}
 <h2>Table 1</h2><table><tr><th></th>{''.join(f'<th>{c}</th>' for c in ('F1', 'IoU', 'mIoU', 'Dice', 'Precision', 'Recall'))}</tr>{t1}</table>
 <small>Percent; lesion class inside the face mask; mIoU = mean of lesion and non-lesion IoU inside the face mask.
 {summary['images']} images, {summary['patients']} patients.</small>{ci_html}

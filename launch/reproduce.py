@@ -1,0 +1,162 @@
+"""Rebuild every number and picture of README.md and docs/ from nothing but the repository.
+
+    python -m launch.reproduce            # about 45 minutes on a 2-core CPU; steps already done are kept
+
+Runs, in order, the commands README shows (each as its own process, with this
+Python), and writes what README quotes:
+
+1. the main job (``launch.train``, synthetic config) and its evaluation (``launch.evaluate --checkpoint``):
+   ``docs/overlay_example.png``, ``docs/figure4_example.png``;
+2. the face-mask and face-box networks, and an inference bundle (``launch.export``);
+3. 8 new synthetic patients x 2 visits x 3 views at 2832x4240 (``launch.synthesize``, seed 2000) on which the
+   "needs review" rule is calibrated (``launch.evaluate --bundle --calibrate``), and the bundle re-exported
+   with it (``models/synthetic``);
+4. 3 other new patients x 2 visits x 3 views at 2832x4240 (seed 1000), never used for any choice, scored by
+   the chain evaluator without and with ``--tta``: ``docs/analysis_example.png``, ``docs/chain_overlay.png``;
+5. ``docs/synthetic_grid.png`` and ``docs/synthetic_views.png`` (``launch.preview``);
+6. ``docs/results.md``: every figure README quotes, read from the metrics files above.
+
+A step whose output exists is not run again (delete ``runs/`` and ``models/`` to start over), so an
+interrupted run resumes. Outputs: ``runs/``, ``models/`` (neither in git) and ``docs/`` (in git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+DOCS = "docs"
+
+
+def _run(args: list[str], done: str) -> None:
+    """``python -m ARGS`` unless ``done`` exists; stops the whole rebuild if it fails."""
+    if os.path.exists(done):
+        print(f"[kept] {done}", flush=True)
+        return
+    cmd = [sys.executable, "-m", *args]
+    print(f"[run] {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd)
+    if rc not in (0, 1) or not os.path.exists(done):  # analyze/evaluate may exit 1 for "nothing analysed"
+        raise SystemExit(f"step failed (exit {rc}): {' '.join(args)}")
+    print(f"[done in {time.perf_counter() - t0:.0f} s] {done}", flush=True)
+
+
+def _side_by_side(paths: list[str], out: str, height: int = 420) -> None:
+    tiles = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        tiles.append(np.asarray(im.resize((round(im.width * height / im.height), height), Image.Resampling.BILINEAR)))
+    gap = np.full((height, 12, 3), 255, np.uint8)
+    row = [tiles[0]]
+    for t in tiles[1:]:
+        row += [gap, t]
+    Image.fromarray(np.concatenate(row, axis=1)).save(out, optimize=True)
+
+
+def _f(v, spec=".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+
+
+def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration: dict) -> str:
+    """docs/results.md: the figures README quotes, each with where it comes from."""
+    from vitijax.chain import _flag_lines, _stage_lines
+
+    t = main["test"]
+    lines = ["# Results quoted in README", "",
+             "Made by `python -m launch.reproduce` on the machine that ran it; do not edit by hand.", "",
+             "## The main job (`runs/synthetic/final_metrics.json`)", "",
+             "| Dice | IoU | mIoU | precision | recall | F-Vitiligo MAE |", "|---|---|---|---|---|---|",
+             f"| {100 * t['dice']:.1f} % | {100 * t['iou']:.1f} % | {100 * t['miou']:.1f} % | "
+             f"{100 * t['precision']:.1f} % | {100 * t['recall']:.1f} % | {t['ratio_mae']:.2f} pp |", "",
+             f"{t['images']} test images (face region, pooled pixels, 256x256 crops around the true face).", ""]
+    for title, m in (("without test-time augmentation (`runs/chain_eval/metrics.json`)", chain_plain),
+                     ("with `--tta` (`runs/chain_eval_tta/metrics.json`)", chain_tta)):
+        lines += [f"## The whole chain on 3 held-out patients at 2832x4240, {title}", "",
+                  "| | chain | lesion only |", "|---|---|---|"]
+        lines += [f"| {label} | {a} | {b} |" for label, a, b in _stage_lines(m)]
+        review = m["needs_review"]
+        lines += ["", f"Flags against the F-Vitiligo error: {review['photos_with_ratio']} photos with a ratio, "
+                      f"{review['big_error_photos']} with an error above {review['big_error_pp']:g} pp, "
+                      f"{review['small_error_photos']} below {review['small_error_pp']:g} pp.", "",
+                  "| flag | fires | recall on errors > 2 pp (%) | false alarms on errors < 1 pp (%) | precision (%) |",
+                  "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in _flag_lines(review)]
+        lines.append("")
+    lines += ["## The needs-review rule (`runs/calibration_eval/review_rule.json`)", "",
+              f"Calibrated on {calibration['photos']} photos of 8 other new patients (seed 2000): "
+              f"{calibration['why']}.", "", "| signal | direction | threshold | recall > 2 pp | false alarms < 1 pp |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {c['signal']} | {c['op']} | {c['threshold']:.4g} | {100 * c['recall_big_error']:.0f} % | "
+              f"{_f(100 * c['false_alarm_small_error'], '.0f')} % |" for c in calibration["candidates"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.parse_args(argv)
+    os.makedirs(DOCS, exist_ok=True)
+    # 1. the main job and its evaluation
+    _run(["launch.train", "--config", "launch/configs/synthetic.py", "--workdir", "runs/synthetic"],
+         "runs/synthetic/final_metrics.json")
+    _run(["launch.evaluate", "--checkpoint", "runs/synthetic", "--data", "synthetic_uv_vitiligo:small/test",
+          "--out", "runs/eval"], "runs/eval/metrics.json")
+    # 2. the face stages and a first bundle
+    _run(["launch.train", "--config", "launch/configs/face_mask.py:synthetic", "--workdir", "runs/face_mask"],
+         "runs/face_mask/final_metrics.json")
+    _run(["launch.train", "--config", "launch/configs/face_box.py:synthetic", "--workdir", "runs/face_box"],
+         "runs/face_box/final_metrics.json")
+    nets = ["--workdir", "runs/synthetic", "--face-mask-workdir", "runs/face_mask", "--face-box-workdir",
+            "runs/face_box"]
+    _run(["launch.export", *nets, "--out", "models/synthetic_uncalibrated"], "models/synthetic_uncalibrated")
+    # 3. the needs-review rule, calibrated on photos of their own
+    _run(["launch.synthesize", "--patients", "8", "--visits", "2", "--seed", "2000", "--out", "runs/calibration"],
+         "runs/calibration/truth.csv")
+    _run(["launch.evaluate", "--bundle", "models/synthetic_uncalibrated", "--photos", "runs/calibration",
+          "--out", "runs/calibration_eval", "--calibrate"], "runs/calibration_eval/review_rule.json")
+    _run(["launch.export", *nets, "--review-rule", "runs/calibration_eval/review_rule.json",
+          "--out", "models/synthetic"], "models/synthetic")
+    # 4. held-out photos, used for nothing but this score
+    _run(["launch.synthesize", "--patients", "3", "--visits", "2", "--seed", "1000", "--out", "runs/heldout"],
+         "runs/heldout/truth.csv")
+    _run(["launch.evaluate", "--bundle", "models/synthetic", "--photos", "runs/heldout", "--out", "runs/chain_eval"],
+         "runs/chain_eval/metrics.json")
+    _run(["launch.evaluate", "--bundle", "models/synthetic", "--photos", "runs/heldout", "--out",
+          "runs/chain_eval_tta", "--tta"], "runs/chain_eval_tta/metrics.json")
+    # 5. pictures of the data
+    _run(["launch.preview", "--synthetic", "--patients", "3", "--visits", "3", "--view", "front",
+          "--out", f"{DOCS}/synthetic_grid.png"], f"{DOCS}/synthetic_grid.png")
+    _run(["launch.preview", "--synthetic", "--patients", "2", "--visits", "1", "--out", f"{DOCS}/synthetic_views.png"],
+         f"{DOCS}/synthetic_views.png")
+    # 6. pictures of the results and the figures README quotes
+    import shutil
+
+    overlays = sorted(os.listdir("runs/eval/overlays"))
+    shutil.copy(os.path.join("runs/eval/overlays", overlays[0]), f"{DOCS}/overlay_example.png")
+    figs = sorted(os.listdir("runs/eval/patients"))
+    shutil.copy(os.path.join("runs/eval/patients", figs[0]), f"{DOCS}/figure4_example.png")
+    pdir = os.path.join("runs/chain_eval/analysis/patients", sorted(os.listdir("runs/chain_eval/analysis/patients"))[0])
+    _side_by_side([os.path.join(pdir, "before_after.png"), os.path.join(pdir, "timeline.png")],
+                  f"{DOCS}/analysis_example.png")
+    chain_overlays = sorted(os.listdir("runs/chain_eval/overlays"))
+    shutil.copy(os.path.join("runs/chain_eval/overlays", chain_overlays[1]), f"{DOCS}/chain_overlay.png")
+    load = lambda p: json.load(open(p))  # noqa: E731
+    text = results_markdown(load("runs/synthetic/final_metrics.json"), load("runs/chain_eval/metrics.json"),
+                            load("runs/chain_eval_tta/metrics.json"), load("runs/calibration_eval/review_rule.json"))
+    with open(f"{DOCS}/results.md", "w") as f:
+        f.write(text)
+    print(text)
+    print(f"rebuilt {DOCS}/results.md and the pictures in {DOCS}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

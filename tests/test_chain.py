@@ -1,0 +1,176 @@
+"""Trusting what analyze ships: the chain evaluator, "no face", the needs-review calibration, change statistics
+and the exit status."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitijax import chain
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory):
+    """launch.synthesize's own layout: 2 new patients x 2 visits x 3 views at 360x240."""
+    from launch import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "set"
+    assert synthesize.main(["--patients", "2", "--visits", "2", "--size", "360", "240", "--seed", "31",
+                            "--out", str(out)]) == 0
+    return out
+
+
+def test_synthesize_writes_photos_masks_and_a_truth_table_that_agree(synthesized):
+    rows = list(csv.DictReader(open(synthesized / "truth.csv")))
+    assert len(rows) == 12 and {r["view"] for r in rows} == {"left", "front", "right"}
+    for r in rows[:3]:
+        rel = os.path.join(r["patient"], r["visit"], r["view"] + ".png")
+        photo = np.asarray(Image.open(synthesized / "images" / rel))
+        face = np.asarray(Image.open(synthesized / "face_masks" / rel)) > 0
+        lesion = np.asarray(Image.open(synthesized / "vitiligo_masks" / rel)) > 0
+        assert photo.shape == (360, 240, 3)
+        assert int(r["face_pixels"]) == face.sum() and int(r["vitiligo_pixels"]) == lesion.sum()
+        assert float(r["ratio"]) == pytest.approx(100 * lesion.sum() / face.sum(), abs=1e-5)
+        ys, xs = np.nonzero(face)
+        assert r["face_box"] == f"{xs.min()} {ys.min()} {xs.max() + 1} {ys.max() + 1}"
+    from launch import synthesize
+
+    assert synthesize.main(["--patients", "1", "--out", str(synthesized)]) == 2  # never over an existing set
+
+
+def test_chain_evaluator_scores_exactly_what_analyze_ships(bundle, synthesized, tmp_path):
+    """launch.evaluate --bundle runs analyze's own path: its ratios equal analyze's photo by photo, its MAE
+    is the mean |analyze's ratio - truth.csv ratio|, and the lesion-only reference has the true box and mask."""
+    from launch import analyze, evaluate
+
+    out = tmp_path / "eval"
+    assert evaluate.main(["--bundle", bundle, "--photos", str(synthesized), "--out", str(out), "--calibrate"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    per_photo = list(csv.DictReader(open(out / "per_photo.csv")))
+    assert len(per_photo) == 12
+    ana = tmp_path / "ana"
+    assert analyze.main(["--model", bundle, str(synthesized / "images"), "--out", str(ana)]) == 0
+    ana_rows = {(r["patient"], r["visit"], r["view"]): r for r in csv.DictReader(open(ana / "results.csv"))}
+    truth = {(r["patient"], r["visit"], r["view"]): float(r["ratio"])
+             for r in csv.DictReader(open(synthesized / "truth.csv"))}
+    errors = []
+    for r in per_photo:
+        key = (r["patient"], r["visit"], r["view"])
+        assert r["ratio_pred"] == ana_rows[key]["ratio"], key  # same string: same number, same path
+        assert float(r["ratio_true"]) == pytest.approx(truth[key], abs=1e-4)
+        if r["ratio_pred"]:
+            errors.append(abs(float(r["ratio_pred"]) - truth[key]))
+    assert metrics["chain"]["f_vitiligo_mae_pp"] == pytest.approx(np.mean(errors), abs=1e-4)
+    lo = metrics["lesion_only"]["stages"]
+    assert lo["face_box"]["iou"] == 1.0 and lo["face_mask"]["dice"] == 1.0 and lo["face_box"]["crop_holds_face"] == 1.0
+    assert 0.0 < metrics["chain"]["stages"]["face_mask"]["dice"] < 1.0
+    assert metrics["chain"]["stages"]["change"]["pairs"] == 6  # 2 patients x 3 views, visit 1 against visit 0
+    assert math.isfinite(metrics["lesion_only"]["f_vitiligo_mae_pp"])
+    assert "needs review" in metrics["needs_review"]["flags"]
+    calibration = json.loads((out / "review_rule.json").read_text())
+    assert calibration["photos"] == sum(1 for r in per_photo if r["ratio_pred"])
+    index = (out / "index.html").read_text()
+    assert "Stage by stage" in index and "lesion only" in index and (out / "analysis" / "index.html").is_file()
+    assert len(list((out / "overlays").glob("*.png"))) == 12
+
+
+def _row(err, **quality):
+    return {"ratio_pred": 10.0 + err, "ratio_true": 10.0, "ratio_error": err, "quality": quality, "flags": []}
+
+
+def test_review_calibration_picks_the_signal_that_separates_large_errors():
+    """'band' rises with the error, 'noise' does not: the rule is band, its threshold halfway between the
+    smallest flagged big-error value and the next value below; the flag report counts it right."""
+    rows = [_row(e, band=b, noise=n) for e, b, n in (
+        (3.0, 5.0, 0.1), (-2.5, 4.0, 0.9), (4.0, 6.0, 0.5), (0.2, 1.0, 0.8), (0.5, 2.0, 0.2), (-0.3, 0.5, 0.7),
+        (1.5, 3.0, 0.4))]
+    cal = chain.calibrate_review(rows, signals=("band", "noise"))
+    assert cal["rule"] == {"band": [">", 3.5]} and cal["big_error_photos"] == 3 and cal["small_error_photos"] == 3
+    best = cal["candidates"][0]
+    assert best["recall_big_error"] == 1.0 and best["false_alarm_small_error"] == 0.0
+    from vitijax.pipeline import review_reasons
+
+    for r in rows:
+        r["needs_review"] = bool(review_reasons(r["quality"], {"band": (">", 3.5)}))
+    report = chain.flag_report(rows)["flags"]["needs review"]
+    assert report == {"fires": 3, "recall_big_error": 1.0, "false_alarm_small_error": 0.0, "precision": 1.0}
+    # nothing to calibrate on: said, not guessed
+    assert chain.calibrate_review([_row(0.1, band=1.0)], signals=("band",))["rule"] is None
+
+
+def test_relative_change_only_from_a_baseline_that_can_carry_it():
+    from vitijax.report.followup import REPIGMENTATION_FLOOR_PP, add_changes
+
+    rows = [{"patient": "a", "view": "front", "visit": 0, "ratio": 1.0},
+            {"patient": "a", "view": "front", "visit": 1, "ratio": 2.24},
+            {"patient": "b", "view": "front", "visit": 0, "ratio": 20.0},
+            {"patient": "b", "view": "front", "visit": 1, "ratio": 15.0}]
+    add_changes(rows)
+    assert rows[1]["change_pp"] == pytest.approx(1.24)
+    assert math.isnan(rows[1]["repigmentation_pct"])  # never -124 % from a 1 % baseline
+    assert rows[1]["repigmentation_note"] == f"not applicable: first visit 1.00 % < {REPIGMENTATION_FLOOR_PP:g} %"
+    assert rows[3]["repigmentation_pct"] == pytest.approx(25.0) and rows[3]["repigmentation_note"] == ""
+
+
+def _hostile_photos(root):
+    """Files a clinic's folder can hold that show no face, each with a different way of being wrong."""
+    rng = np.random.default_rng(0)
+    d = root / "hostile" / "0"
+    d.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "noise.png")
+    Image.fromarray(np.full((600, 400, 3), 255, np.uint8)).save(d / "white.png")
+    Image.fromarray(np.zeros((600, 400, 3), np.uint8)).save(d / "black.png")
+    Image.fromarray(np.full((600, 400), 128, np.uint8)).save(d / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (600, 400, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (600, 400), dtype=np.uint16)).save(d / "sixteen.png")
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "tiff.tif")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(d / "exif.jpg", exif=exif)
+    Image.fromarray(np.full((3, 2, 3), 90, np.uint8)).save(d / "tiny.png")
+    full = d / "truncated.jpg"
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(full, quality=90)
+    full.write_bytes(full.read_bytes()[:2000])
+    (d / "empty.png").write_bytes(b"")
+    # a PNG whose header claims 15000x15000 (225 Mpx, where PIL itself only warns): refused before decoding
+    ihdr = struct.pack(">IIBBBBB", 15000, 15000, 8, 2, 0, 0, 0)
+    chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))  # noqa: E731
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
+                                 + chunk(b"IEND", b""))
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "<script>x'\"&.png")
+
+
+def test_no_ratio_for_any_photo_without_a_face(bundle, tmp_path, capsys):
+    """The hostile photos of the reliability checks through the bundle's face-box network: not one gets a
+    ratio, each says why, and analyze exits non-zero because nothing got a ratio."""
+    from launch import analyze
+
+    _hostile_photos(tmp_path)
+    out = tmp_path / "out"
+    assert analyze.main(["--model", bundle, str(tmp_path / "hostile"), "--out", str(out)]) == 1
+    err = capsys.readouterr()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 13
+    for r in rows:
+        assert r["status"] != "ok" and r["ratio"] == "", r
+        assert r["reason"], r
+        assert r["file"] not in r["reason"]
+    reasons = {os.path.basename(r["file"]): r["reason"] for r in rows}
+    assert reasons["empty.png"] == "empty file (0 bytes)"
+    assert "unreadable or truncated" in reasons["truncated.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    assert reasons["tiny.png"] == "ratio undefined: photo too small"
+    for name in ("noise.png", "white.png", "black.png", "grey.png", "rgba.png", "sixteen.png", "tiff.tif",
+                 "exif.jpg", "<script>x'\"&.png"):
+        assert reasons[name].startswith("ratio undefined: "), (name, reasons[name])
+    assert "0 of 13 photos analysed with a ratio" in err.out
+    index = (out / "index.html").read_text()
+    assert "<script>x" not in index and "&lt;script&gt;x" in index

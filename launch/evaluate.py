@@ -306,8 +306,6 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="training workdir or model checkpoint")
     p.add_argument("--bundle", help="inference bundle (launch.export): score the whole analysis chain on --photos")
-    p.add_argument("--photos", help="with --bundle: a folder of photos with true masks (launch.synthesize's layout, "
-                   "or the uv_vitiligo folder layout)")
     p.add_argument("--tta", action="store_true", help="with --bundle: test-time augmentation, as analyze --tta")
     p.add_argument("--calibrate", action="store_true", help="with --bundle: choose the 'needs review' rule on these "
                    "(held-out) photos and write OUT/review_rule.json for launch.export --review-rule")
@@ -322,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predictions", help="folder of predicted PNG masks")
     p.add_argument("--ground-truth", help="folder of ground-truth PNG masks (same relative paths)")
     p.add_argument("--face-masks", help="folder of face masks: count only inside the face")
-    p.add_argument("--photos", help="folder of photos for the overlays (same relative paths, any extension)")
+    p.add_argument("--photos", help="with --bundle: a folder of photos with true masks (launch.synthesize's layout, "
+                   "or the uv_vitiligo folder layout); with --predictions: photos for the overlays (same relative "
+                   "paths, any extension)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap samples (0: none)")
     p.add_argument("--max-overlays", type=int, default=200)
     p.add_argument("--out", required=True)

@@ -38,14 +38,16 @@ ID_KEYS = ("patient", "visit", "view", "source_file", "ratio")
 
 
 def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> dict[str, jax.Array]:
-    """Per-image counts of the main head's argmax at label size.
+    """Per-image counts of the main head's decision (:func:`metrics.foreground` of its class probabilities,
+    resized bilinearly to label size, as in analysis).
 
     Returns 'face' and 'crop' counts [b, 4] (tp, fp, fn, tn), 'pred' [b, h, w]
     uint8, and the batch's 'valid' [b] and 'index' [b] (its source positions).
     """
     out = model.apply(variables, batch["image"], train=False)
     main = out[0] if isinstance(out, tuple) else out
-    pred = jnp.argmax(resize_bilinear(main, batch["label"].shape[1:3]), axis=-1)
+    probs = resize_bilinear(jax.nn.softmax(main.astype(jnp.float32), axis=-1), batch["label"].shape[1:3])
+    pred = metrics.foreground(probs)
     return {"face": metrics.confusion_counts(pred, batch["label"], batch["face"]),
             "crop": metrics.confusion_counts(pred, batch["label"]), "pred": pred.astype(jnp.uint8),
             "valid": batch["valid"], "index": batch["index"]}

@@ -52,10 +52,11 @@ class NetworkFaceMask:
         return cls(Segmenter.load(model_dir, expect_label="face"))
 
     def __call__(self, photos, crop_boxes, detections=None, truths=None) -> list[np.ndarray]:
+        from vitijax.metrics import foreground
         from vitijax.segmenter import resize_channels
 
         crops = [face_lib.crop(p, b) for p, b in zip(photos, crop_boxes, strict=True)]
-        return [(resize_channels(probs[..., 1], c.shape[:2]) > 0.5).astype(np.uint8)
+        return [foreground(resize_channels(probs, c.shape[:2])).astype(np.uint8)
                 for c, (probs, _) in zip(crops, self.segmenter.probabilities(crops))]
 
 

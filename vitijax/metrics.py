@@ -21,6 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def foreground(probabilities):
+    """The one decision from class probabilities [..., classes] (numpy or jax) to a binary mask [...]:
+    a pixel is foreground (lesion, or face for the face-mask network) when the probability of anything
+    but class 0 exceeds one half. Training's validation, ``launch.evaluate``, the face-mask stage and
+    ``launch.analyze`` all decide here, on probabilities resized to the mask's size."""
+    return (1.0 - probabilities[..., 0]) > 0.5
+
+
 def confusion_counts(pred: jax.Array, label: jax.Array, region: jax.Array | None = None,
                      ignore_index: int = 255) -> jax.Array:
     """Per-image (tp, fp, fn, tn) of binary ``pred`` vs ``label``, both [b, h, w].

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitijax import face as face_lib
-from vitijax.metrics import f_vitiligo
+from vitijax.metrics import f_vitiligo, foreground
 from vitijax.segmenter import resize_channels
 
 # What a face mask's shape must look like before its ratio is trusted (see face_mask_shape).
@@ -226,8 +226,9 @@ class Analyzer:
     def _finish(self, res: PhotoResult, photo_hw, box, crop, face, probs, std) -> None:
         """Full-resolution masks, counts, ratio and quality flags of one photo from its crop's outputs."""
         hw = crop.shape[:2]
-        p_lesion = resize_channels(1.0 - probs[..., 0], hw)  # every non-background class is lesion
-        lesion = ((p_lesion > 0.5) & (face > 0)).astype(np.uint8)
+        # every non-background class is lesion; the decision is metrics.foreground's, on this one channel
+        p_lesion = resize_channels(1.0 - probs[..., 0], hw)
+        lesion = (foreground(np.stack([1.0 - p_lesion], -1)) & (face > 0)).astype(np.uint8)
         res.face_mask = face_lib.paste_back(face, box, photo_hw)
         res.lesion_mask = face_lib.paste_back(lesion, box, photo_hw)
         res.face_pixels = int(res.face_mask.sum())

@@ -8,7 +8,7 @@ crops are prepared exactly as training's evaluation prepares them
 (``data.pipeline.prepare``: resize to the input size, mask, ImageNet
 normalisation). The main head's class probabilities (softmax, 1/8 of the
 input) are resized bilinearly (half-pixel) straight to the crop's size, and
-the argmax is the mask. Crops of several photos go through the network as one batch; one
+``metrics.foreground`` is the mask. Crops of several photos go through the network as one batch; one
 compilation serves every batch of a given size.
 
 Test-time augmentation: ``flips`` adds the mirrored crop, ``scales`` runs
@@ -121,9 +121,11 @@ class Segmenter:
         return result
 
     def __call__(self, crop: np.ndarray, face_mask: np.ndarray | None = None) -> np.ndarray:
-        """The predicted class of every pixel of one crop, uint8 [h, w]."""
+        """The predicted mask of one crop (:func:`vitijax.metrics.foreground`), uint8 [h, w] {0, 1}."""
+        from vitijax.metrics import foreground
+
         probs, _ = self.probabilities([crop], None if face_mask is None else [face_mask])[0]
-        return np.argmax(resize_channels(probs, crop.shape[:2]), axis=-1).astype(np.uint8)
+        return foreground(resize_channels(probs, crop.shape[:2])).astype(np.uint8)
 
     def describe(self) -> dict[str, Any]:
         """What this network is, for reports."""

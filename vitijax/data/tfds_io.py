@@ -76,6 +76,8 @@ def get_builder(name: str, *, data_dir: str = DEFAULT_DATA_DIR, config: Any = No
     """An instance of the named builder. ``config``: a config name or a BuilderConfig object."""
     import tensorflow_datasets as tfds
 
+    if not sys.stderr.isatty():  # a log file gets no progress-bar control characters
+        tfds.disable_progress_bar()
     cls = builder_class(name)
     kwargs: dict[str, Any] = {"data_dir": data_dir, "file_format": "array_record"}
     if config is not None:

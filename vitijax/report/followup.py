@@ -165,7 +165,9 @@ def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) ->
     ax.set_ylabel("F-Vitiligo (%)")
     ax.set_title(f"Patient {patient}", fontsize=10)
     ax.set_ylim(bottom=0)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    visits = sorted({r["visit"] for r in rows})
+    ax.set_xlim(visits[0] - 0.5, visits[-1] + 0.5)  # one visit: a readable axis around it, not -0.04..0.04
+    ax.set_xticks(visits)
     if plotted:
         ax.legend(fontsize=8)
     else:
@@ -175,6 +177,17 @@ def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) ->
     plt.close(fig)
 
 
+def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """``tile`` [h, w, 3] with ``text`` on a dark band along its top (PIL's built-in font: nothing to ship)."""
+    from PIL import ImageDraw
+
+    im = Image.fromarray(tile)
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((0, 0, im.width, 18), fill=(0, 0, 0))
+    draw.text((4, 3), text, fill=(255, 255, 255))
+    return np.asarray(im)
+
+
 def before_after(out: str, rows: Sequence[Mapping[str, Any]], path: str, tile: int = 320) -> bool:
     """First and last analysed visit side by side, one row per view; False if there is no pair."""
     tiles = []
@@ -182,8 +195,10 @@ def before_after(out: str, rows: Sequence[Mapping[str, Any]], path: str, tile: i
         ok = sorted((r for r in rows if str(r["view"]) == view and r["status"] == "ok" and "overlay" in r["files"]),
                     key=lambda r: r["visit"])
         if len(ok) >= 2:
-            pair = [np.asarray(Image.open(os.path.join(out, ok[i]["files"]["overlay"])).convert("RGB")) for i in (0, -1)]
-            tiles.append([fit_height(p, tile) for p in pair])
+            pair = [_caption(fit_height(np.asarray(Image.open(os.path.join(out, ok[i]["files"]["overlay"])).convert("RGB")),
+                                        tile), f"{view}, visit {ok[i]['visit']}: {ok[i]['ratio']:.2f} %")
+                    for i in (0, -1)]
+            tiles.append(pair)
     if not tiles:
         return False
     width = max(t.shape[1] for row in tiles for t in row)
@@ -224,6 +239,22 @@ change in percentage points is the figure to read). Overlays: face outline yello
     return path
 
 
+def _describe(v) -> str:
+    """A network's description from the analysis info, as words rather than JSON."""
+    if not isinstance(v, dict):
+        return str(v)
+    parts = []
+    for k, x in v.items():
+        if x is None:
+            continue
+        if isinstance(x, dict):
+            x = ", ".join(f"{kk} {vv}" for kk, vv in x.items())
+        elif isinstance(x, float):
+            x = f"{x:.4g}"
+        parts.append(f"{k.replace('_', ' ')}: {x}")
+    return "; ".join(parts)
+
+
 def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple[str, str]], info: Mapping[str, Any]
                   ) -> dict[str, str]:
     """results.csv, results.json, one report per patient and index.html; returns their paths."""
@@ -246,20 +277,28 @@ def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple
     for pid in patients:
         prow = [r for r in rows if str(r["patient"]) == pid]
         report = write_patient(out, pid, prow)
-        ok = sum(r["status"] == "ok" for r in prow)
+        ok = [r for r in prow if r["status"] == "ok"]
+        by_visit = {}
+        for r in ok:
+            by_visit.setdefault(r["visit"], []).append(r["ratio"])
+        ratios = " &rarr; ".join(f"{float(np.mean(v)):.2f}" for _, v in sorted(by_visit.items())) or "&ndash;"
+        review = sum(bool(r.get("needs_review")) for r in ok)
         links.append(f'<tr><td><a href="{e(os.path.relpath(report, out))}">{e(pid)}</a></td><td>{len(prow)}</td>'
-                     f"<td>{ok}</td><td>{len({r['visit'] for r in prow})}</td></tr>")
+                     f"<td>{len(ok)}</td><td class=flag>{review or ''}</td><td>{len({r['visit'] for r in prow})}</td>"
+                     f"<td>{ratios}</td></tr>")
     failed = [(r["file"], r.get("reason") or "; ".join(r["flags"])) for r in rows if r["status"] != "ok"]
     failed += list(problems)
     fail_html = "".join(f"<tr><td>{e(p)}</td><td>{e(why)}</td></tr>" for p, why in failed)
-    nets = "".join(f"<li>{e(k)}: {e(json.dumps(v))}</li>" for k, v in info.get("networks", {}).items())
+    nets = "".join(f"<tr><td>{e(k.replace('_', ' '))}</td><td>{e(_describe(v))}</td></tr>"
+                   for k, v in info.get("networks", {}).items())
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vitijax analysis</title>
 <style>{_STYLE}</style></head><body><h1>vitijax analysis</h1>
 <p>{len(rows)} photos of {len(patients)} patients; {sum(r['status'] == 'ok' for r in rows)} with a ratio.
 Tables: <a href="results.csv">results.csv</a>, <a href="results.json">results.json</a>.</p>
-<table><tr><th>patient</th><th>photos</th><th>with a ratio</th><th>visits</th></tr>{''.join(links)}</table>
+<table><tr><th>patient</th><th>photos</th><th>with a ratio</th><th>need review</th><th>visits</th>
+<th>F-Vitiligo by visit (%, mean of the views)</th></tr>{''.join(links)}</table>
 <h2>Photos without a ratio</h2><table><tr><th>file</th><th>reason</th></tr>{fail_html or '<tr><td>none</td><td></td></tr>'}</table>
-<h2>Networks</h2><ul>{nets}</ul></body></html>"""
+<h2>Networks</h2><table>{nets}</table></body></html>"""
     with open(paths["index"], "w", encoding="utf-8") as f:
         f.write(doc)
     return paths

@@ -16,8 +16,9 @@ visits and before/after overlays. What is written where: ``vitijax/report/follow
 
 A file that cannot be read, a photo without a face, an empty face mask: the
 photo is listed with the reason (ratio undefined) and the rest is analysed.
-``--tta`` averages the lesion network over the mirrored crop and input scales
-0.75 / 1 / 1.25 and writes a per-pixel uncertainty map.
+``--tta`` runs the lesion network on the crop and its mirror image, keeps a
+lesion either sees (see ``vitijax/segmenter.py`` for the measurement behind
+this), and writes a per-pixel uncertainty map.
 """
 
 from __future__ import annotations
@@ -53,9 +54,8 @@ def build_analyzer(a):
                          "launch.export --face-box-workdir, or choose --detector retinaface")
     box_model = face_lib.FaceBoxModel(*parts["face_box"], where=f"{a.model} (face box)") \
         if detector == "face-box" else None
-    scales = (0.75, 1.0, 1.25) if a.tta else (1.0,)
     review_rule = info.get("review_rule")  # calibrated for this bundle (launch.evaluate --calibrate), if any
-    analyzer = Analyzer(lesion, face_mask_lib.make(mask_kind, seg), box_model, flips=a.tta, scales=scales,
+    analyzer = Analyzer(lesion, face_mask_lib.make(mask_kind, seg), box_model, flips=a.tta,
                         keep_probability=a.probability,
                         review_rule={k: (op, float(t)) for k, (op, t) in review_rule.items()} if review_rule else None)
     nets = {"lesion": {k: parts["lesion"][1].get(k) for k in ("variant", "input", "step", "validation_dice")},
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="face-mask source (default: the bundle's network, else ellipse)")
     p.add_argument("--detector", choices=("auto", "face-box", "retinaface"), default="auto",
                    help="face finder (auto: the bundle's face-box network, else RetinaFace)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (flip x scales 0.75/1/1.25) "
-                   "and an uncertainty map")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (the mirrored crop; a lesion either "
+                   "view sees is kept) and an uncertainty map")
     p.add_argument("--probability", action="store_true", help="also write the lesion probability map")
     p.add_argument("--batch-size", type=int, default=4, help="photos per network batch")
     a = p.parse_intermixed_args(argv)  # photos may come before, between or after the options

@@ -106,6 +106,7 @@ def run_bundle(a) -> int:
 
     from launch.analyze import analyze_batch, build_analyzer
     from vitijax import chain, compile_cache
+    from vitijax import face as face_lib
     from vitijax import face_mask as face_mask_lib
     from vitijax.data import folder
     from vitijax.data.io import read_mask
@@ -152,8 +153,6 @@ def run_bundle(a) -> int:
         face_p = res.face_mask if res.face_mask is not None else np.zeros_like(face_t)
         small[i] = [_shrink(face_lib.crop(x, cb), 384, nearest=k > 0)
                     for k, x in enumerate((photo, lesion_p, lesion_t * face_t, face_p))]
-
-    from vitijax import face as face_lib
 
     t0 = time.perf_counter()
     print(f"chain evaluation of {a.bundle} on {len(inputs)} photos under {root} (TTA {'on' if a.tta else 'off'})",

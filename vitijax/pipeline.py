@@ -11,20 +11,27 @@ Memory stays bounded whatever the photo size: the networks see fixed-size
 inputs; only the face crop is handled at full resolution (its class
 probabilities, float32, one channel at a time), and masks are uint8.
 
-A photo where no face is found, or whose face mask comes out empty, is a
-result with ``ratio`` NaN (undefined, not 0) and the reason in ``flags``;
+A photo where no face is found, whose face mask comes out empty or
+implausible, or that is too small to hold a face, is a result with ``ratio``
+NaN (undefined, not 0) and the reason in ``flags`` (:data:`RATIO_UNDEFINED`);
 the other photos of the batch are analysed as usual.
 
-Quality flags (in ``flags``; thresholds in :data:`QUALITY`):
-  ``photo too small`` (a side under :data:`MIN_PHOTO_SIDE`), ``no face`` (the
-  face-box network's face-presence score below its threshold, or RetinaFace
-  found none), ``implausible face mask`` (its shape, :func:`face_mask_shape`,
-  outside :data:`FACE_MASK_RANGE`),  ``several faces`` (RetinaFace found more than one strong
-  face), ``empty face mask``, ``face mask touches the photo edge``,
-  ``underexposed`` / ``overexposed`` (median luminance of the face),
-  ``specular highlights`` (share of saturated face pixels),
-  ``uncertain lesion pixels`` (share of face pixels whose lesion
-  probability is between 0.3 and 0.7).
+Flags (in ``flags``; thresholds in :data:`QUALITY`): ``photo too small`` (a
+side under :data:`MIN_PHOTO_SIDE`), ``no face`` (the face-box network's
+face-presence score below its threshold, or RetinaFace found none),
+``several faces`` (RetinaFace found more than one strong face), ``empty face
+mask``, ``implausible face mask`` (its shape, :func:`face_mask_shape`,
+outside :data:`FACE_MASK_RANGE`), ``face mask touches the photo edge``,
+``underexposed`` / ``overexposed`` (median luminance of the face),
+``specular highlights`` (share of saturated face pixels), ``uncertain lesion
+pixels`` (share of face pixels whose lesion probability is between 0.3 and
+0.7).
+
+"Needs review" (``review_reasons``, non-empty when the ratio should be looked
+at before it is used): the quality signals in ``quality`` checked against
+:data:`REVIEW_RULE`, or the rule calibrated for a bundle (``launch.evaluate
+--calibrate``, ``launch.export --review-rule``). How often each flag and
+"needs review" is right is measured by ``launch.evaluate --bundle``.
 """
 
 from __future__ import annotations

@@ -188,7 +188,8 @@ def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
     # threshold 0: a random presence head must not stop the chain before the stages being timed
     box = face.FaceBoxModel(fb_vars, {"model": "facebox", "pool": 5, "hidden": 256, "presence_threshold": 0.0,
                                       "input": {"size": [320, 320]}}, where="random face-box network")
-    analyzer = Analyzer(seg("vitiligo"), face_mask.make("network", seg("face")), box)
+    # face_mask_range None: a random face-mask network draws no face shape, and every stage must be timed
+    analyzer = Analyzer(seg("vitiligo"), face_mask.make("network", seg("face")), box, face_mask_range=None)
     inp = [PhotoInput(photo_path, "bench", 0, "front")]
     t0 = time.perf_counter()
     row = analyze_batch(analyzer, inp, out_dir, False)[0]

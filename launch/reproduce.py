@@ -13,6 +13,7 @@ Python), and writes what README quotes:
    with it (``models/synthetic``);
 4. 3 other new patients x 2 visits x 3 views at 2832x4240 (seed 1000), never used for any choice, scored by
    the chain evaluator without and with ``--tta``: ``docs/analysis_example.png``, ``docs/chain_overlay.png``;
+   and 13 files that hold no face (``write_hostile_photos``) through ``launch.analyze``;
 5. ``docs/synthetic_grid.png`` and ``docs/synthetic_views.png`` (``launch.preview``);
 6. ``docs/results.md``: every figure README quotes, read from the metrics files above.
 
@@ -61,11 +62,46 @@ def _side_by_side(paths: list[str], out: str, height: int = 420) -> None:
     Image.fromarray(np.concatenate(row, axis=1)).save(out, optimize=True)
 
 
+def write_hostile_photos(folder) -> None:
+    """13 files a clinic's folder can hold that show no face, each wrong in its own way, into ``folder``
+    (the reliability checks: noise, white, black, grey, RGBA, 16-bit, TIFF, EXIF-rotated, tiny,
+    truncated, empty, a decompression bomb, a hostile file name)."""
+    import pathlib
+    import struct
+    import zlib
+
+    rng = np.random.default_rng(0)
+    d = pathlib.Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "noise.png")
+    Image.fromarray(np.full((600, 400, 3), 255, np.uint8)).save(d / "white.png")
+    Image.fromarray(np.zeros((600, 400, 3), np.uint8)).save(d / "black.png")
+    Image.fromarray(np.full((600, 400), 128, np.uint8)).save(d / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (600, 400, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (600, 400), dtype=np.uint16)).save(d / "sixteen.png")
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "tiff.tif")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(d / "exif.jpg", exif=exif)
+    Image.fromarray(np.full((3, 2, 3), 90, np.uint8)).save(d / "tiny.png")
+    full = d / "truncated.jpg"
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(full, quality=90)
+    full.write_bytes(full.read_bytes()[:2000])
+    (d / "empty.png").write_bytes(b"")
+    # a PNG whose header claims 15000x15000 (225 Mpx, where PIL itself only warns): refused before decoding
+    ihdr = struct.pack(">IIBBBBB", 15000, 15000, 8, 2, 0, 0, 0)
+    chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))  # noqa: E731
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
+                                 + chunk(b"IEND", b""))
+    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "<script>x'\"&.png")
+
+
 def _f(v, spec=".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
-def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration: dict) -> str:
+def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration: dict,
+                     hostile: list[dict]) -> str:
     """docs/results.md: the figures README quotes, each with where it comes from."""
     from vitijax.chain import _flag_lines, _stage_lines
 
@@ -96,6 +132,10 @@ def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration
               "|---|---|---|---|---|"]
     lines += [f"| {c['signal']} | {c['op']} | {c['threshold']:.4g} | {100 * c['recall_big_error']:.0f} % | "
               f"{_f(100 * c['false_alarm_small_error'], '.0f')} % |" for c in calibration["candidates"]]
+    ok = [r for r in hostile if r["status"] == "ok"]
+    lines += ["", "## Photos without a face (`runs/hostile/out/results.csv`)", "",
+              f"{len(hostile)} files, {len(ok)} with a ratio.", "", "| file | status | reason |", "|---|---|---|"]
+    lines += [f"| `{os.path.basename(r['file'])}` | {r['status']} | {r['reason']} |" for r in hostile]
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
          "runs/chain_eval/metrics.json")
     _run(["launch.evaluate", "--bundle", "models/synthetic", "--photos", "runs/heldout", "--out",
           "runs/chain_eval_tta", "--tta"], "runs/chain_eval_tta/metrics.json")
+    # 4b. photos without a face through the same bundle: not one may get a ratio
+    if not os.path.exists("runs/hostile/photos"):
+        write_hostile_photos("runs/hostile/photos/hostile/0")
+    _run(["launch.analyze", "--model", "models/synthetic", "runs/hostile/photos", "--out", "runs/hostile/out"],
+         "runs/hostile/out/results.csv")
     # 5. pictures of the data
     _run(["launch.preview", "--synthetic", "--patients", "3", "--visits", "3", "--view", "front",
           "--out", f"{DOCS}/synthetic_grid.png"], f"{DOCS}/synthetic_grid.png")
@@ -149,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     chain_overlays = sorted(os.listdir("runs/chain_eval/overlays"))
     shutil.copy(os.path.join("runs/chain_eval/overlays", chain_overlays[1]), f"{DOCS}/chain_overlay.png")
     load = lambda p: json.load(open(p))  # noqa: E731
+    import csv
+
+    hostile = list(csv.DictReader(open("runs/hostile/out/results.csv")))
     text = results_markdown(load("runs/synthetic/final_metrics.json"), load("runs/chain_eval/metrics.json"),
-                            load("runs/chain_eval_tta/metrics.json"), load("runs/calibration_eval/review_rule.json"))
+                            load("runs/chain_eval_tta/metrics.json"), load("runs/calibration_eval/review_rule.json"),
+                            hostile)
     with open(f"{DOCS}/results.md", "w") as f:
         f.write(text)
     print(text)

@@ -7,8 +7,6 @@ import csv
 import json
 import math
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -120,40 +118,14 @@ def test_relative_change_only_from_a_baseline_that_can_carry_it():
     assert rows[3]["repigmentation_pct"] == pytest.approx(25.0) and rows[3]["repigmentation_note"] == ""
 
 
-def _hostile_photos(root):
-    """Files a clinic's folder can hold that show no face, each with a different way of being wrong."""
-    rng = np.random.default_rng(0)
-    d = root / "hostile" / "0"
-    d.mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "noise.png")
-    Image.fromarray(np.full((600, 400, 3), 255, np.uint8)).save(d / "white.png")
-    Image.fromarray(np.zeros((600, 400, 3), np.uint8)).save(d / "black.png")
-    Image.fromarray(np.full((600, 400), 128, np.uint8)).save(d / "grey.png")
-    Image.fromarray(rng.integers(0, 256, (600, 400, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
-    Image.fromarray(rng.integers(0, 65535, (600, 400), dtype=np.uint16)).save(d / "sixteen.png")
-    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "tiff.tif")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotated 90 degrees
-    Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(d / "exif.jpg", exif=exif)
-    Image.fromarray(np.full((3, 2, 3), 90, np.uint8)).save(d / "tiny.png")
-    full = d / "truncated.jpg"
-    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(full, quality=90)
-    full.write_bytes(full.read_bytes()[:2000])
-    (d / "empty.png").write_bytes(b"")
-    # a PNG whose header claims 15000x15000 (225 Mpx, where PIL itself only warns): refused before decoding
-    ihdr = struct.pack(">IIBBBBB", 15000, 15000, 8, 2, 0, 0, 0)
-    chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))  # noqa: E731
-    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
-                                 + chunk(b"IEND", b""))
-    Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "<script>x'\"&.png")
-
-
 def test_no_ratio_for_any_photo_without_a_face(bundle, tmp_path, capsys):
     """The hostile photos of the reliability checks through the bundle's face-box network: not one gets a
     ratio, each says why, and analyze exits non-zero because nothing got a ratio."""
     from launch import analyze
 
-    _hostile_photos(tmp_path)
+    from launch.reproduce import write_hostile_photos
+
+    write_hostile_photos(tmp_path / "hostile" / "0")
     out = tmp_path / "out"
     assert analyze.main(["--model", bundle, str(tmp_path / "hostile"), "--out", str(out)]) == 1
     err = capsys.readouterr()

@@ -51,8 +51,8 @@ FACE_MASK_RANGE = {"face_fill": (0.3, 1.2), "face_in_box": (0.85, 1.0), "face_la
 # "Needs review": {quality signal: (">" or "<", threshold)}; a photo crossing any is flagged. Chosen by
 # measurement on held-out synthetic photos (launch.evaluate --bundle --calibrate; see README).
 REVIEW_RULE: dict[str, tuple[str, float]] = {"ratio_band_pp": (">", 2.0)}
-RATIO_UNDEFINED = ("photo too small", "no face", "empty face mask", "implausible face mask")
-MIN_PHOTO_SIDE = 32  # pixels: a smaller picture cannot show a face worth measuring  # flags that leave no ratio
+RATIO_UNDEFINED = ("photo too small", "no face", "empty face mask", "implausible face mask")  # flags: no ratio
+MIN_PHOTO_SIDE = 32  # pixels: a smaller picture cannot show a face worth measuring
 QUALITY = {"underexposed_median": 40, "overexposed_median": 215, "saturated_level": 250,
            "specular_share": 0.01, "uncertain_band": (0.3, 0.7), "uncertain_share": 0.10}
 
@@ -105,7 +105,7 @@ def face_mask_shape(face: np.ndarray, box) -> dict[str, float]:
     """Shape statistics of a face mask [h, w] {0, 1} against the face box ``box`` (x0, y0, x1, y1) in the
     same pixels, on a copy shrunk to at most 256 pixels a side (enough for shares, and cheap):
 
-    ``face_fill``: face pixels / box area (a face fills about 0.6-0.8 of its box);
+    ``face_fill``: face pixels / box area (a synthetic face fills 0.80-0.81 of its true box);
     ``face_in_box``: share of face pixels inside the box grown by 10 % of its size on each side;
     ``face_largest_part``: share of face pixels in the largest 8-connected part.
     """
@@ -126,9 +126,9 @@ def face_mask_shape(face: np.ndarray, box) -> dict[str, float]:
             "face_largest_part": float(largest / n) if n else 0.0}
 
 
-def face_mask_plausible(shape: dict[str, float]) -> bool:
-    """Whether a face mask's shape statistics (:func:`face_mask_shape`) fall in :data:`FACE_MASK_RANGE`."""
-    return all(lo <= shape[k] <= hi for k, (lo, hi) in FACE_MASK_RANGE.items())
+def face_mask_plausible(shape: dict[str, float], ranges: dict[str, tuple[float, float]] = FACE_MASK_RANGE) -> bool:
+    """Whether a face mask's shape statistics (:func:`face_mask_shape`) fall in ``ranges``."""
+    return all(lo <= shape[k] <= hi for k, (lo, hi) in ranges.items())
 
 
 def _inside_photo(box: face_lib.Box, photo_hw: tuple[int, int]) -> np.ndarray:
@@ -148,11 +148,14 @@ class Analyzer:
     ``face_mask``: a face-mask source (:mod:`vitijax.face_mask`).
     ``face_box``: the face-box network (:class:`face.FaceBoxModel`), or None for RetinaFace.
     ``flips`` / ``scales``: test-time augmentation of the lesion network.
+    ``review_rule``: the "needs review" rule (default :data:`REVIEW_RULE`).
+    ``face_mask_range``: the plausible face-mask shapes; None checks nothing (only for timing random networks).
     """
 
     def __init__(self, lesion, face_mask, face_box=None, *, flips: bool = False, scales: Sequence[float] = (1.0,),
                  margin: float = 0.15, detect_long_side: int = face_lib.DEFAULT_LONG_SIDE,
-                 keep_probability: bool = False, review_rule: dict[str, tuple[str, float]] | None = None):
+                 keep_probability: bool = False, review_rule: dict[str, tuple[str, float]] | None = None,
+                 face_mask_range: dict[str, tuple[float, float]] | None = FACE_MASK_RANGE):
         if lesion.label != "vitiligo":
             from vitijax.checkpoint import CheckpointError
 
@@ -160,7 +163,7 @@ class Analyzer:
         self.lesion, self.face_mask, self.face_box = lesion, face_mask, face_box
         self.flips, self.scales, self.margin = flips, tuple(scales), margin
         self.detect_long_side, self.keep_probability = detect_long_side, keep_probability
-        self.review_rule = review_rule
+        self.review_rule, self.face_mask_range = review_rule, face_mask_range
 
     @property
     def tta(self) -> bool:
@@ -218,7 +221,7 @@ class Analyzer:
                 continue
             shape = face_mask_shape(face, np.asarray(det.box, np.float64) - [box[0], box[1], box[0], box[1]])
             results[i].quality.update(shape)
-            if not face_mask_plausible(shape):
+            if self.face_mask_range is not None and not face_mask_plausible(shape, self.face_mask_range):
                 results[i].flags.append("implausible face mask")
                 continue
             lesion_in.append((i, box, face))

@@ -12,7 +12,7 @@ Masks on disk, e.g. a second rater or another tool (PNG masks matched by relativ
 The whole analysis chain of an inference bundle, on photos with true masks (the layout of
 ``launch.synthesize`` and of the ``uv_vitiligo`` folder), at full resolution::
 
-    python -m launch.evaluate --bundle models/synthetic --photos runs/heldout --out runs/chain_eval [--tta]
+    python -m launch.evaluate --bundle models/synthetic --photos runs/heldout [MORE_FOLDERS] --out runs/chain_eval [--tta]
 
 runs exactly what ``launch.analyze`` runs (its own functions; its outputs land in
 ``OUT/analysis/``) and scores each stage and the whole chain against the truth, and the
@@ -117,13 +117,13 @@ def run_bundle(a) -> int:
     from vitijax.run_log import format_seconds
 
     compile_cache.enable()
-    root = os.path.abspath(a.photos)
-    report = folder.Report(root)
-    items = list(folder.entries(root, report))
+    roots = [os.path.abspath(p) for p in a.photos]
+    report = folder.Report(", ".join(roots))
+    items = [item for root in roots for item in folder.entries(root, report)]
     for p in report.problems:
         print(f"skipped {p.file}: {p.problem}", file=sys.stderr)
     if not items:
-        raise FileNotFoundError(f"{root}: no photos with masks (images/<patient>/<visit>/<view>.png with "
+        raise FileNotFoundError(f"{', '.join(roots)}: no photos with masks (images/<patient>/<visit>/<view>.png with "
                                 "face_masks/ and vitiligo_masks/ beside it, or manifest.csv)")
     opts = argparse.Namespace(model=a.bundle, face_mask=a.face_mask, detector=a.detector, tta=a.tta,
                               probability=False)
@@ -155,7 +155,8 @@ def run_bundle(a) -> int:
                     for k, x in enumerate((photo, lesion_p, lesion_t * face_t, face_p))]
 
     t0 = time.perf_counter()
-    print(f"chain evaluation of {a.bundle} on {len(inputs)} photos under {root} (TTA {'on' if a.tta else 'off'})",
+    print(f"chain evaluation of {a.bundle} on {len(inputs)} photos under {', '.join(roots)} "
+          f"(TTA {'on' if a.tta else 'off'})",
           flush=True)
     for start in range(0, len(inputs), a.batch_size):
         ana_rows += analyze_batch(analyzer, inputs[start:start + a.batch_size], out_analysis, False, on_result)
@@ -319,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predictions", help="folder of predicted PNG masks")
     p.add_argument("--ground-truth", help="folder of ground-truth PNG masks (same relative paths)")
     p.add_argument("--face-masks", help="folder of face masks: count only inside the face")
-    p.add_argument("--photos", help="with --bundle: a folder of photos with true masks (launch.synthesize's layout, "
-                   "or the uv_vitiligo folder layout); with --predictions: photos for the overlays (same relative "
-                   "paths, any extension)")
+    p.add_argument("--photos", nargs="+", help="with --bundle: folders of photos with true masks (launch.synthesize's layout, "
+                   "or the uv_vitiligo folder layout); with --predictions: one folder of photos for the overlays (same "
+                   "relative paths, any extension)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap samples (0: none)")
     p.add_argument("--max-overlays", type=int, default=200)
     p.add_argument("--out", required=True)
@@ -340,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_model(a)
         if not a.ground_truth:
             p.error("--predictions needs --ground-truth")
+        if a.photos and len(a.photos) > 1:
+            p.error("--predictions takes one --photos folder")
+        a.photos = a.photos[0] if a.photos else None
         return run_masks(a)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError and UnusableDataset are ValueErrors
         print(f"error: {e}", file=sys.stderr)

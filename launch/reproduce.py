@@ -8,11 +8,12 @@ Python), and writes what README quotes:
 1. the main job (``launch.train``, synthetic config) and its evaluation (``launch.evaluate --checkpoint``):
    ``docs/overlay_example.png``, ``docs/figure4_example.png``;
 2. the face-mask and face-box networks, and an inference bundle (``launch.export``);
-3. 8 new synthetic patients x 2 visits x 3 views at 2832x4240 (``launch.synthesize``, seed 2000) on which the
-   "needs review" rule is calibrated (``launch.evaluate --bundle --calibrate``), and the bundle re-exported
-   with it (``models/synthetic``);
+3. 8 new synthetic patients x 2 visits x 3 views at 2832x4240 (``launch.synthesize``, seed 2000) and 8 more
+   with varied acquisition at 2120x1416 (seed 2001), on which the "needs review" rule is calibrated
+   (``launch.evaluate --bundle --calibrate``), and the bundle re-exported with it (``models/synthetic``);
 4. 3 other new patients x 2 visits x 3 views at 2832x4240 (seed 1000), never used for any choice, scored by
    the chain evaluator without and with ``--tta``: ``docs/analysis_example.png``, ``docs/chain_overlay.png``;
+   with 3 more patients with varied acquisition (seed 1001), the flags against the error;
    and 13 files that hold no face (``write_hostile_photos``) through ``launch.analyze``;
 5. ``docs/synthetic_grid.png`` and ``docs/synthetic_views.png`` (``launch.preview``);
 6. ``docs/results.md``: every figure README quotes, read from the metrics files above.
@@ -100,7 +101,7 @@ def _f(v, spec=".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
-def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration: dict,
+def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, chain_flags: dict, calibration: dict,
                      hostile: list[dict]) -> str:
     """docs/results.md: the figures README quotes, each with where it comes from."""
     from vitijax.chain import _flag_lines, _stage_lines
@@ -113,9 +114,11 @@ def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration
              f"| {100 * t['dice']:.1f} % | {100 * t['iou']:.1f} % | {100 * t['miou']:.1f} % | "
              f"{100 * t['precision']:.1f} % | {100 * t['recall']:.1f} % | {t['ratio_mae']:.2f} pp |", "",
              f"{t['images']} test images (face region, pooled pixels, 256x256 crops around the true face).", ""]
-    for title, m in (("without test-time augmentation (`runs/chain_eval/metrics.json`)", chain_plain),
-                     ("with `--tta` (`runs/chain_eval_tta/metrics.json`)", chain_tta)):
-        lines += [f"## The whole chain on 3 held-out patients at 2832x4240, {title}", "",
+    for title, m in (("3 held-out patients at 2832x4240 (`runs/chain_eval/metrics.json`)", chain_plain),
+                     ("the same with `--tta` (`runs/chain_eval_tta/metrics.json`)", chain_tta),
+                     ("those 18 photos and 18 more of 3 other patients with varied acquisition "
+                      "(`runs/chain_eval_flags/metrics.json`)", chain_flags)):
+        lines += [f"## The whole chain: {title}", "",
                   "| | chain | lesion only |", "|---|---|---|"]
         lines += [f"| {label} | {a} | {b} |" for label, a, b in _stage_lines(m)]
         review = m["needs_review"]
@@ -127,8 +130,8 @@ def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, calibration
         lines += ["| " + " | ".join(row) + " |" for row in _flag_lines(review)]
         lines.append("")
     lines += ["## The needs-review rule (`runs/calibration_eval/review_rule.json`)", "",
-              f"Calibrated on {calibration['photos']} photos of 8 other new patients (seed 2000): "
-              f"{calibration['why']}.", "", "| signal | direction | threshold | recall > 2 pp | false alarms < 1 pp |",
+              f"Calibrated on {calibration['photos']} photos of 16 other new patients (seeds 2000 and 2001, the "
+              f"second with varied acquisition at 2120x1416): {calibration['why']}.", "", "| signal | direction | threshold | recall > 2 pp | false alarms < 1 pp |",
               "|---|---|---|---|---|"]
     lines += [f"| {c['signal']} | {c['op']} | {c['threshold']:.4g} | {100 * c['recall_big_error']:.0f} % | "
               f"{_f(100 * c['false_alarm_small_error'], '.0f')} % |" for c in calibration["candidates"]]
@@ -160,9 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     # 3. the needs-review rule, calibrated on photos of their own
     _run(["launch.synthesize", "--patients", "8", "--visits", "2", "--seed", "2000", "--out", "runs/calibration"],
          "runs/calibration/truth.csv")
+    _run(["launch.synthesize", "--patients", "8", "--visits", "2", "--seed", "2001", "--size", "2120", "1416",
+          "--acquisition", "varied", "--out", "runs/calibration_varied"], "runs/calibration_varied/truth.csv")
     _run(["launch.evaluate", "--bundle", "models/synthetic_uncalibrated", "--photos", "runs/calibration",
-          "--out", "runs/calibration_eval", "--calibrate"], "runs/calibration_eval/review_rule.json")
-    _run(["launch.export", *nets, "--review-rule", "runs/calibration_eval/review_rule.json",
+          "runs/calibration_varied", "--out", "runs/calibration_eval", "--calibrate"],
+         "runs/calibration_eval/review_rule.json")
+    rule = json.load(open("runs/calibration_eval/review_rule.json"))["rule"]
+    _run(["launch.export", *nets, *(["--review-rule", "runs/calibration_eval/review_rule.json"] if rule else []),
           "--out", "models/synthetic"], "models/synthetic")
     # 4. held-out photos, used for nothing but this score
     _run(["launch.synthesize", "--patients", "3", "--visits", "2", "--seed", "1000", "--out", "runs/heldout"],
@@ -171,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
          "runs/chain_eval/metrics.json")
     _run(["launch.evaluate", "--bundle", "models/synthetic", "--photos", "runs/heldout", "--out",
           "runs/chain_eval_tta", "--tta"], "runs/chain_eval_tta/metrics.json")
+    _run(["launch.synthesize", "--patients", "3", "--visits", "2", "--seed", "1001", "--acquisition", "varied",
+          "--out", "runs/heldout_varied"], "runs/heldout_varied/truth.csv")
+    _run(["launch.evaluate", "--bundle", "models/synthetic", "--photos", "runs/heldout", "runs/heldout_varied",
+          "--out", "runs/chain_eval_flags"], "runs/chain_eval_flags/metrics.json")
     # 4b. photos without a face through the same bundle: not one may get a ratio
     if not os.path.exists("runs/hostile/photos"):
         write_hostile_photos("runs/hostile/photos/hostile/0")
@@ -198,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hostile = list(csv.DictReader(open("runs/hostile/out/results.csv")))
     text = results_markdown(load("runs/synthetic/final_metrics.json"), load("runs/chain_eval/metrics.json"),
-                            load("runs/chain_eval_tta/metrics.json"), load("runs/calibration_eval/review_rule.json"),
-                            hostile)
+                            load("runs/chain_eval_tta/metrics.json"), load("runs/chain_eval_flags/metrics.json"),
+                            load("runs/calibration_eval/review_rule.json"), hostile)
     with open(f"{DOCS}/results.md", "w") as f:
         f.write(text)
     print(text)

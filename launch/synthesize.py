@@ -11,6 +11,10 @@ writes the folder layout that ``launch.analyze``, ``launch.evaluate --bundle
     OUT/truth.csv                                    patient, visit, view, subtype, ratio (F-Vitiligo, %),
                                                      face and vitiligo pixels, face box (x0 y0 x1 y1)
 
+``--acquisition varied`` lets exposure, focus, noise and lamp tone stray per
+photo as in a busy clinic (``vitijax.data.synthetic.VARIED``): the photos on
+which the "needs review" decision is calibrated and tested.
+
 Patients are ``S<seed>_P<index>``; the bundled training set uses seed 0, so
 any other seed gives patients no network has seen. Photos are rendered by
 ``vitijax.data.synthetic.render`` (its docstring says what is drawn and how the
@@ -27,7 +31,7 @@ import time
 
 
 def synthesize(out: str, patients: int, visits: int, size: tuple[int, int], seed: int,
-               views: tuple[str, ...], progress=None) -> list[dict]:
+               views: tuple[str, ...], progress=None, acquisition=None) -> list[dict]:
     """Renders every (patient, visit, view) into ``out``; returns the truth rows (also in truth.csv)."""
     from vitijax.data import synthetic
     from vitijax.data.io import write_png
@@ -41,7 +45,7 @@ def synthesize(out: str, patients: int, visits: int, size: tuple[int, int], seed
         pid = f"S{seed}_P{index:03d}"
         for visit in range(visits):
             for view in views:
-                s = synthetic.render(patient, visit, view, size)
+                s = synthetic.render(patient, visit, view, size, acquisition)
                 rel = os.path.join(pid, str(visit), f"{view}.png")
                 write_png(os.path.join(out, "images", rel), s.image)
                 write_png(os.path.join(out, "face_masks", rel), s.face_mask * 255)
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="photo height and width in pixels (default: the paper's 4240 2832)")
     p.add_argument("--seed", type=int, default=1000, help="data set seed (0 is the bundled training set's)")
     p.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    p.add_argument("--acquisition", choices=("standard", "varied"), default="standard",
+                   help="standard: the controlled photography of the bundled data sets; varied: exposure x0.5-1.6, "
+                   "up to 5x blur, up to 15 grey levels of noise, +-15 %% lamp tone, drawn per photo")
     p.add_argument("--out", required=True, help="output folder (must not hold photos yet)")
     a = p.parse_args(argv)
     if a.patients < 1 or a.visits < 1:
@@ -83,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.out} already holds images/; choose a new folder", file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
-    rows = synthesize(a.out, a.patients, a.visits, tuple(a.size), a.seed, tuple(a.views), progress=sys.stderr)
+    from vitijax.data.synthetic import VARIED
+
+    rows = synthesize(a.out, a.patients, a.visits, tuple(a.size), a.seed, tuple(a.views), progress=sys.stderr,
+                      acquisition=VARIED if a.acquisition == "varied" else None)
     print(f"wrote {len(rows)} photos of {a.patients} patients ({a.size[1]}x{a.size[0]}) with their masks to "
           f"{a.out}; truth: {os.path.join(a.out, 'truth.csv')}")
     return 0

@@ -100,6 +100,12 @@ def test_review_calibration_picks_the_signal_that_separates_large_errors():
         r["needs_review"] = bool(review_reasons(r["quality"], {"band": (">", 3.5)}))
     report = chain.flag_report(rows)["flags"]["needs review"]
     assert report == {"fires": 3, "recall_big_error": 1.0, "false_alarm_small_error": 0.0, "precision": 1.0}
+    # two signals, each catching a different big error: only their "or" reaches the recall
+    pair = [_row(e, glare=g, blur=b) for e, g, b in (
+        (3.0, 0.9, 0.1), (-2.5, 0.1, 0.8), (0.2, 0.2, 0.2), (0.5, 0.3, 0.1), (-0.3, 0.1, 0.3))]
+    cal = chain.calibrate_review(pair, signals=("glare", "blur"))
+    assert cal["rule"] == {"glare": [">", 0.6], "blur": [">", 0.55]}, cal["rule"]
+    assert cal["candidates"][0]["false_alarm_small_error"] == 0.0
     # nothing to calibrate on: said, not guessed
     assert chain.calibrate_review([_row(0.1, band=1.0)], signals=("band",))["rule"] is None
 

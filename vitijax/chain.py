@@ -225,15 +225,20 @@ def stages_html(sections: Mapping[str, Mapping[str, Any]], review: Mapping[str, 
 
 def calibrate_review(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] = SIGNALS,
                      min_recall: float = 0.9) -> dict[str, Any]:
-    """The "needs review" rule that held-out photos support: for each quality signal (both directions),
-    the loosest threshold that still flags at least ``min_recall`` of the photos whose F-Vitiligo error
-    exceeds :data:`BIG_ERROR_PP`; the rule is the signal whose threshold raises the fewest false alarms
-    on photos with an error below :data:`SMALL_ERROR_PP`.
+    """The "needs review" rule that held-out photos support.
 
-    Returns {'rule': {signal: [op, threshold]} or None, 'candidates': every signal's best threshold with
-    its recall and false-alarm rate, 'photos', 'big_error_photos', 'small_error_photos', 'why'}. The
-    threshold is placed halfway between the last flagged and the first unflagged value, so it does not
-    sit on a calibration photo.
+    Candidates are one quality signal against a threshold (either direction,
+    thresholds halfway between observed values, so none sits on a calibration
+    photo), or two such tests joined by "or" (different signals). A rule must
+    flag at least ``min_recall`` of the photos whose F-Vitiligo error exceeds
+    :data:`BIG_ERROR_PP`; among those, the one that raises the fewest false
+    alarms on photos whose error is below :data:`SMALL_ERROR_PP` wins (a single
+    test before a pair when they tie, then the higher precision).
+
+    Returns {'rule': {signal: [op, threshold], ...} or None, 'candidates': the
+    best single test of each signal and the best rules overall with their
+    recall, false-alarm rate and precision, 'photos', 'big_error_photos',
+    'small_error_photos', 'why'}.
     """
     rated = [r for r in rows if math.isfinite(r["ratio_pred"])]
     err = np.array([abs(r["ratio_error"]) for r in rated], np.float64)
@@ -244,34 +249,62 @@ def calibrate_review(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] =
                            "candidates": []}
     if not big.any():
         out["why"] = (f"no calibration photo has an error above {BIG_ERROR_PP:g} pp: nothing to calibrate on "
-                      "(use more or harder photos)")
+                      "(use more or harder photos, e.g. launch.synthesize --acquisition varied)")
         return out
-    need = int(math.ceil(min_recall * big.sum() - 1e-9))
+    tests, fires = [], []  # (signal, op, threshold), bool [photos]
     for key in signals:
         v = np.array([r["quality"].get(key, math.nan) for r in rated], np.float64)
-        if not np.isfinite(v).any():
+        u = np.unique(v[np.isfinite(v)])
+        if u.size < 2:
             continue
-        for op in (">", "<"):
-            s = v if op == ">" else -v
-            hits = np.sort(s[big & np.isfinite(s)])[::-1]
-            if hits.size < need:
-                continue
-            edge = hits[need - 1]  # the need-th largest big-error value must be flagged
-            below = s[np.isfinite(s) & (s < edge)]
-            t = (edge + below.max()) / 2 if below.size else edge - 1e-6
-            fires = np.isfinite(s) & (s > t)
-            out["candidates"].append({
-                "signal": key, "op": op, "threshold": float(t if op == ">" else -t),
-                "recall_big_error": float(fires[big].mean()),
-                "false_alarm_small_error": float(fires[small].mean()) if small.any() else math.nan,
-                "precision": float(big[fires].mean()) if fires.any() else math.nan})
-    if not out["candidates"]:
+        for t in (u[:-1] + u[1:]) / 2:
+            tests += [(key, ">", float(t)), (key, "<", float(t))]
+            fires += [np.isfinite(v) & (v > t), np.isfinite(v) & (v < t)]
+    if not tests:
         out["why"] = "no quality signal was recorded for these photos"
         return out
-    out["candidates"].sort(key=lambda c: (c["false_alarm_small_error"], -c["precision"]))
-    best = out["candidates"][0]
-    out["rule"] = {best["signal"]: [best["op"], round(best["threshold"], 4)]}
-    out["why"] = (f"{best['signal']} {best['op']} {best['threshold']:.4g} flags {100 * best['recall_big_error']:.0f} % "
-                  f"of the {int(big.sum())} photos with an error above {BIG_ERROR_PP:g} pp and "
-                  f"{100 * best['false_alarm_small_error']:.0f} % of the {int(small.sum())} below {SMALL_ERROR_PP:g} pp")
+    f = np.array(fires)  # [tests, photos]
+    need = min_recall * big.sum() - 1e-9
+
+    def score(mask):
+        return {"recall_big_error": float(mask[big].mean()),
+                "false_alarm_small_error": float(mask[small].mean()) if small.any() else math.nan,
+                "precision": float(big[mask].mean()) if mask.any() else math.nan}
+
+    rules = []  # (false alarms, size, -precision, [test indices])
+    ok = f[:, big].sum(1) >= need
+    for i in np.flatnonzero(ok):
+        sc = score(f[i])
+        rules.append((sc["false_alarm_small_error"], 1, -sc["precision"], [int(i)]))
+    signal_of = np.array([t[0] for t in tests])
+    for i in range(len(tests)):  # pairs: every test "or" every later test of another signal; keep i's best
+        either = f[i][None, :] | f[i + 1:]
+        usable = (either[:, big].sum(1) >= need) & (signal_of[i + 1:] != signal_of[i])
+        if not usable.any():
+            continue
+        fa = either[:, small].mean(1) if small.any() else np.zeros(len(either))
+        precision = (either & big).sum(1) / np.maximum(either.sum(1), 1)
+        order = np.lexsort((-precision, fa))  # by false alarms, then precision
+        j = int(order[usable[order]][0])
+        rules.append((float(fa[j]), 2, -float(precision[j]), [i, i + 1 + j]))
+    if not rules:
+        out["why"] = f"no rule of one or two signals flags {100 * min_recall:.0f} % of the big-error photos"
+        return out
+    rules.sort(key=lambda r: (r[0], r[1], r[2]))
+
+    def describe(idx):
+        mask = np.any(f[idx], axis=0)
+        return {"rule": {tests[k][0]: [tests[k][1], round(tests[k][2], 4)] for k in idx}, **score(mask)}
+
+    best = describe(rules[0][3])
+    per_signal = {}
+    for r in rules:
+        if r[1] == 1 and tests[r[3][0]][0] not in per_signal:
+            per_signal[tests[r[3][0]][0]] = describe(r[3])
+    out["rule"] = best["rule"]
+    out["candidates"] = [best] + list(per_signal.values())
+    text = " or ".join(f"{k} {op} {t:g}" for k, (op, t) in best["rule"].items())
+    out["why"] = (f"{text} flags {100 * best['recall_big_error']:.0f} % of the {int(big.sum())} photos with an error "
+                  f"above {BIG_ERROR_PP:g} pp and {100 * best['false_alarm_small_error']:.0f} % of the "
+                  f"{int(small.sum())} below {SMALL_ERROR_PP:g} pp")
     return out

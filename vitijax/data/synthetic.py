@@ -216,12 +216,35 @@ def _ellipse(az, el, centre, half_widths):
     return ((az - centre[0]) / half_widths[0]) ** 2 + ((el - centre[1]) / half_widths[1]) ** 2
 
 
-def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384, 256)) -> SyntheticImage:
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+    """How far a photo's exposure, focus, sensor noise and lamp tone may stray, drawn per photo.
+
+    ``STANDARD`` (None in :func:`render`) is the controlled photography of the
+    bundled data sets. :data:`VARIED` is a clinic on a bad day: from half to
+    1.6 times the exposure, up to five times the blur, up to 15 grey levels of
+    noise and a +-15 % lamp tone per channel; photos where the chain errs, on
+    which the "needs review" decision is calibrated and tested.
+    """
+
+    exposure: tuple[float, float] = (0.85, 1.15)
+    blur: tuple[float, float] = (1.0, 1.0)  # times the standard optical blur
+    noise: tuple[float, float] = (2.0, 5.0)  # standard deviation of the sensor noise, grey levels
+    tone: float = 0.0  # per-channel gain, +-
+
+
+VARIED = Acquisition(exposure=(0.5, 1.6), blur=(1.0, 5.0), noise=(2.0, 15.0), tone=0.15)
+
+
+def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384, 256),
+           acquisition: Acquisition | None = None) -> SyntheticImage:
     """Renders one photograph of ``patient`` at ``visit`` (0 = baseline) in ``view``.
 
     ``size`` is (height, width) in pixels; portrait like the paper's camera
     (4240, 2832) by default aspect. Rendering is done in bands of rows, so
-    memory stays bounded at full resolution.
+    memory stays bounded at full resolution. ``acquisition``: how the camera
+    strays from photo to photo (None: the standard, as every bundled data set).
+    The masks do not depend on it.
     """
     if view not in VIEW_YAW:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -236,9 +259,16 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     # Optics and sensor: a little blur (scaled to resolution), exposure and noise.
     r = _rng("camera", patient.seed, patient.patient_id, visit, view)
     sigma = max(0.5, 0.0012 * h)
-    image = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")
-    image *= r.uniform(0.85, 1.15)
-    image += r.normal(0, r.uniform(2.0, 5.0), image.shape).astype(np.float32)
+    if acquisition is None:  # the draws of every bundled data set, unchanged
+        image = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")
+        image *= r.uniform(0.85, 1.15)
+        image += r.normal(0, r.uniform(2.0, 5.0), image.shape).astype(np.float32)
+    else:
+        a = acquisition
+        sigma *= r.uniform(*a.blur)
+        image = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")
+        image *= (r.uniform(*a.exposure) * (1 + r.uniform(-a.tone, a.tone, 3))).astype(np.float32)
+        image += r.normal(0, r.uniform(*a.noise), image.shape).astype(np.float32)
     image = np.clip(image, 0, 255).astype(np.uint8)
     ys, xs = np.nonzero(face)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)

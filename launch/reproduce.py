@@ -106,14 +106,17 @@ def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, chain_flags
     """docs/results.md: the figures README quotes, each with where it comes from."""
     from vitijax.chain import _flag_lines, _stage_lines
 
-    t = main["test"]
+    t, ag = main["face"]["pooled"], main["agreement"]
     lines = ["# Results quoted in README", "",
              "Made by `python -m launch.reproduce` on the machine that ran it; do not edit by hand.", "",
-             "## The main job (`runs/synthetic/final_metrics.json`)", "",
+             "## The main job's model on its test split (`runs/eval/metrics.json`, `table1.md`)", "",
              "| Dice | IoU | mIoU | precision | recall | F-Vitiligo MAE |", "|---|---|---|---|---|---|",
              f"| {100 * t['dice']:.1f} % | {100 * t['iou']:.1f} % | {100 * t['miou']:.1f} % | "
-             f"{100 * t['precision']:.1f} % | {100 * t['recall']:.1f} % | {t['ratio_mae']:.2f} pp |", "",
-             f"{t['images']} test images (face region, pooled pixels, 256x256 crops around the true face).", ""]
+             f"{100 * t['precision']:.1f} % | {100 * t['recall']:.1f} % | {main['ratio']['mae']:.2f} pp |", "",
+             f"{main['images']} test images of {main['patients']} patients (face region, pooled pixels, 256x256 crops "
+             f"around the true face). Bland-Altman bias {ag['bland_altman_bias']:+.2f} pp (95 % limits "
+             f"{ag['bland_altman_loa_low']:+.2f} to {ag['bland_altman_loa_high']:+.2f}), ICC(2,1) {ag['icc_a1']:.3f}, "
+             f"Lin's CCC {ag['lins_ccc']:.3f}, Pearson r {ag['pearson_r']:.3f}.", ""]
     for title, m in (("3 held-out patients at 2832x4240 (`runs/chain_eval/metrics.json`)", chain_plain),
                      ("the same with `--tta` (`runs/chain_eval_tta/metrics.json`)", chain_tta),
                      ("those 18 photos and 18 more of 3 other patients with varied acquisition "
@@ -131,10 +134,12 @@ def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, chain_flags
         lines.append("")
     lines += ["## The needs-review rule (`runs/calibration_eval/review_rule.json`)", "",
               f"Calibrated on {calibration['photos']} photos of 16 other new patients (seeds 2000 and 2001, the "
-              f"second with varied acquisition at 2120x1416): {calibration['why']}.", "", "| signal | direction | threshold | recall > 2 pp | false alarms < 1 pp |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {c['signal']} | {c['op']} | {c['threshold']:.4g} | {100 * c['recall_big_error']:.0f} % | "
-              f"{_f(100 * c['false_alarm_small_error'], '.0f')} % |" for c in calibration["candidates"]]
+              f"second with varied acquisition at 2120x1416): {calibration['why']}.", "",
+              "The chosen rule first, then the best single test of each signal:", "",
+              "| rule | recall > 2 pp | false alarms < 1 pp | precision |", "|---|---|---|---|"]
+    lines += ["| " + " or ".join(f"{k} {op} {t:g}" for k, (op, t) in c["rule"].items()) + f" | "
+              f"{100 * c['recall_big_error']:.0f} % | {_f(100 * c['false_alarm_small_error'], '.0f')} % | "
+              f"{_f(100 * c['precision'], '.0f')} % |" for c in calibration["candidates"]]
     ok = [r for r in hostile if r["status"] == "ok"]
     lines += ["", "## Photos without a face (`runs/hostile/out/results.csv`)", "",
               f"{len(hostile)} files, {len(ok)} with a ratio.", "", "| file | status | reason |", "|---|---|---|"]
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     import csv
 
     hostile = list(csv.DictReader(open("runs/hostile/out/results.csv")))
-    text = results_markdown(load("runs/synthetic/final_metrics.json"), load("runs/chain_eval/metrics.json"),
+    text = results_markdown(load("runs/eval/metrics.json"), load("runs/chain_eval/metrics.json"),
                             load("runs/chain_eval_tta/metrics.json"), load("runs/chain_eval_flags/metrics.json"),
                             load("runs/calibration_eval/review_rule.json"), hostile)
     with open(f"{DOCS}/results.md", "w") as f:

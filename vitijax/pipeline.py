@@ -48,9 +48,12 @@ from vitijax.segmenter import resize_channels
 
 # What a face mask's shape must look like before its ratio is trusted (see face_mask_shape).
 FACE_MASK_RANGE = {"face_fill": (0.3, 1.2), "face_in_box": (0.85, 1.0), "face_largest_part": (0.85, 1.0)}
-# "Needs review": {quality signal: (">" or "<", threshold)}; a photo crossing any is flagged. Chosen by
-# measurement on held-out synthetic photos (launch.evaluate --bundle --calibrate; see README).
-REVIEW_RULE: dict[str, tuple[str, float]] = {"ratio_band_pp": (">", 2.0)}
+# "Needs review": {quality signal: (">" or "<", threshold)}; a photo crossing any is flagged. This default
+# is what `python -m launch.reproduce` calibrated on 96 held-out synthetic photos (16 new patients, half with
+# varied acquisition; docs/results.md): saturated face pixels (glare and over-exposure hide lesions) or a
+# face mask that fills more of its box than a face does (it has leaked into hair or background). A bundle
+# exported with --review-rule carries its own.
+REVIEW_RULE: dict[str, tuple[str, float]] = {"saturated_share": (">", 0.053), "face_fill": (">", 0.9089)}
 RATIO_UNDEFINED = ("photo too small", "no face", "empty face mask", "implausible face mask")  # flags: no ratio
 MIN_PHOTO_SIDE = 32  # pixels: a smaller picture cannot show a face worth measuring
 QUALITY = {"underexposed_median": 40, "overexposed_median": 215, "saturated_level": 250,

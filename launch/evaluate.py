@@ -101,7 +101,6 @@ def run_bundle(a) -> int:
     """The chain evaluator: analyze's code path on photos with truth, scored stage by stage."""
     import csv
     import json
-    import math
     import time
 
     from launch.analyze import analyze_batch, build_analyzer
@@ -140,11 +139,14 @@ def run_bundle(a) -> int:
         i = len(chain_rows)
         face_t = read_mask(inp.face_mask, photo.shape[:2])
         lesion_t = read_mask(lesion_of[inp.path], photo.shape[:2])
+        true_box = face_lib.box_from_mask(face_t)
+        if true_box is None:  # nothing to score against (the data set builder skips these too)
+            print(f"not scored {inp.path}: its face mask {inp.face_mask} is empty", file=sys.stderr)
+            return
         ids = {"patient": inp.patient, "visit": inp.visit, "view": inp.view, "source_file": inp.path}
         r = chain.score_photo(i, ids, res, face_t, lesion_t)
         r.update(file=inp.path, status=row["status"], reason=row["reason"], needs_review=row.get("needs_review"))
         chain_rows.append(r)
-        true_box = face_lib.box_from_mask(face_t)
         ref = reference([photo], [face_t], boxes=[true_box])[0]
         ref_rows.append(chain.score_photo(i, ids, ref, face_t, lesion_t))
         # a small picture of the true face's crop for the overlays
@@ -173,16 +175,12 @@ def run_bundle(a) -> int:
     for r, ref in zip(chain_rows, ref_rows):
         r["lesion_only_ratio"], r["lesion_only_error"] = ref["ratio_pred"], ref["ratio_error"]
 
-    def overlay(row):
-        img, pred, true, face = small[row["index"]]
-        return img, pred, true, face
-
     paths = write_report(a.out, chain_rows, sections["chain"], title=f"vitijax chain evaluation: {a.bundle}",
-                         overlay_source=overlay, max_overlays=a.max_overlays,
+                         overlay_source=lambda row: small[row["index"]], max_overlays=a.max_overlays,
                          extra_html=chain.stages_html(sections, review))
     with open(paths["metrics"], "w") as f:
-        json.dump({"photos": len(chain_rows), "tta": bool(a.tta), "info": info, **sections, "needs_review": review},
-                  f, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+        json.dump(chain.json_safe({"photos": len(chain_rows), "tta": bool(a.tta), "info": info, **sections,
+                                   "needs_review": review}), f, indent=2, allow_nan=False, default=str)
     with open(os.path.join(a.out, "per_photo.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CHAIN_COLUMNS + tuple(chain.SIGNALS))
@@ -199,7 +197,7 @@ def run_bundle(a) -> int:
     if a.calibrate:
         calibration = chain.calibrate_review(chain_rows)
         with open(os.path.join(a.out, "review_rule.json"), "w") as f:
-            json.dump(calibration, f, indent=2)
+            json.dump(chain.json_safe(calibration), f, indent=2, allow_nan=False, default=str)
         print(f"needs-review calibration: {calibration['why']}; written to {os.path.join(a.out, 'review_rule.json')}"
               + (" (give it to launch.export --review-rule)" if calibration["rule"] else ""))
     print(f"report: {paths['index']}  (analysis outputs: {out_analysis})")

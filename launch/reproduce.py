@@ -1,12 +1,12 @@
 """Rebuild every number and picture of README.md and docs/ from nothing but the repository.
 
-    python -m launch.reproduce            # about 45 minutes on a 2-core CPU; steps already done are kept
+    python -m launch.reproduce            # about an hour on a 2-core CPU; steps already done are kept
 
 Runs, in order, the commands README shows (each as its own process, with this
 Python), and writes what README quotes:
 
 1. the main job (``launch.train``, synthetic config) and its evaluation (``launch.evaluate --checkpoint``):
-   ``docs/overlay_example.png``, ``docs/figure4_example.png``;
+   ``docs/overlay_example.png``, ``docs/figure4_example.png``; the same with seeds 1 and 2, for the spread;
 2. the face-mask and face-box networks, and an inference bundle (``launch.export``);
 3. 8 new synthetic patients x 2 visits x 3 views at 2832x4240 (``launch.synthesize``, seed 2000) and 8 more
    with varied acquisition at 2120x1416 (seed 2001), on which the "needs review" rule is calibrated
@@ -16,7 +16,9 @@ Python), and writes what README quotes:
    with 3 more patients with varied acquisition (seed 1001), the flags against the error;
    and 13 files that hold no face (``write_hostile_photos``) through ``launch.analyze``;
 5. ``docs/synthetic_grid.png`` and ``docs/synthetic_views.png`` (``launch.preview``);
-6. ``docs/results.md``: every figure README quotes, read from the metrics files above.
+6. ``docs/results.md``: every figure README quotes, read from the metrics files above; and, where Debian's
+   ``chromium`` is installed, screenshots of the analysis pages (``docs/analysis_index.png``,
+   ``docs/analysis_patient.png``).
 
 A step whose output exists is not run again (delete ``runs/`` and ``models/`` to start over), so an
 interrupted run resumes. Outputs: ``runs/``, ``models/`` (neither in git) and ``docs/`` (in git).
@@ -97,12 +99,31 @@ def write_hostile_photos(folder) -> None:
     Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)).save(d / "<script>x'\"&.png")
 
 
+def _screenshots(analysis: str) -> None:
+    """docs/analysis_index.png and docs/analysis_patient.png: the analysis pages as a browser shows them
+    (headless Chromium, if installed: Debian's ``chromium``; otherwise said and skipped)."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        print("[skipped] screenshots of the analysis pages: no chromium on this machine (apt-get install chromium)")
+        return
+    patient = sorted(os.listdir(os.path.join(analysis, "patients")))[0]
+    for page, out, height in (("index.html", "analysis_index.png", 900),
+                              (os.path.join("patients", patient, "report.html"), "analysis_patient.png", 1500)):
+        url = "file://" + os.path.abspath(os.path.join(analysis, page))
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                        f"--window-size=1200,{height}", f"--screenshot={os.path.abspath(os.path.join(DOCS, out))}",
+                        url], check=True, capture_output=True, timeout=120)
+
+
 def _f(v, spec=".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
 def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, chain_flags: dict, calibration: dict,
-                     hostile: list[dict]) -> str:
+                     hostile: list[dict], seeds: dict[int, dict] | None = None) -> str:
     """docs/results.md: the figures README quotes, each with where it comes from."""
     from vitijax.chain import _flag_lines, _stage_lines
 
@@ -117,6 +138,13 @@ def results_markdown(main: dict, chain_plain: dict, chain_tta: dict, chain_flags
              f"around the true face). Bland-Altman bias {ag['bland_altman_bias']:+.2f} pp (95 % limits "
              f"{ag['bland_altman_loa_low']:+.2f} to {ag['bland_altman_loa_high']:+.2f}), ICC(2,1) {ag['icc_a1']:.3f}, "
              f"Lin's CCC {ag['lins_ccc']:.3f}, Pearson r {ag['pearson_r']:.3f}.", ""]
+    if seeds:
+        lines += ["The same command with other seeds (`--config.seed=N`, `runs/eval_seedN/metrics.json`):", "",
+                  "| seed | Dice | precision | recall | F-Vitiligo MAE |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {100 * m['face']['pooled']['dice']:.1f} % | {100 * m['face']['pooled']['precision']:.1f} % | "
+                  f"{100 * m['face']['pooled']['recall']:.1f} % | {m['ratio']['mae']:.2f} pp |"
+                  for k, m in sorted(seeds.items())]
+        lines.append("")
     for title, m in (("3 held-out patients at 2832x4240 (`runs/chain_eval/metrics.json`)", chain_plain),
                      ("the same with `--tta` (`runs/chain_eval_tta/metrics.json`)", chain_tta),
                      ("those 18 photos and 18 more of 3 other patients with varied acquisition "
@@ -157,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
          "runs/synthetic/final_metrics.json")
     _run(["launch.evaluate", "--checkpoint", "runs/synthetic", "--data", "synthetic_uv_vitiligo:small/test",
           "--out", "runs/eval"], "runs/eval/metrics.json")
+    # 1b. the spread of the main job: the same command with two other seeds
+    for seed in (1, 2):
+        _run(["launch.train", "--config", "launch/configs/synthetic.py", "--workdir", f"runs/synthetic_seed{seed}",
+              f"--config.seed={seed}"], f"runs/synthetic_seed{seed}/final_metrics.json")
+        _run(["launch.evaluate", "--checkpoint", f"runs/synthetic_seed{seed}", "--data",
+              "synthetic_uv_vitiligo:small/test", "--out", f"runs/eval_seed{seed}"], f"runs/eval_seed{seed}/metrics.json")
     # 2. the face stages and a first bundle
     _run(["launch.train", "--config", "launch/configs/face_mask.py:synthetic", "--workdir", "runs/face_mask"],
          "runs/face_mask/final_metrics.json")
@@ -207,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     pdir = os.path.join("runs/chain_eval/analysis/patients", sorted(os.listdir("runs/chain_eval/analysis/patients"))[0])
     _side_by_side([os.path.join(pdir, "before_after.png"), os.path.join(pdir, "timeline.png")],
                   f"{DOCS}/analysis_example.png")
+    _screenshots("runs/chain_eval/analysis")
     chain_overlays = sorted(os.listdir("runs/chain_eval/overlays"))
     shutil.copy(os.path.join("runs/chain_eval/overlays", chain_overlays[1]), f"{DOCS}/chain_overlay.png")
     load = lambda p: json.load(open(p))  # noqa: E731
@@ -215,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     hostile = list(csv.DictReader(open("runs/hostile/out/results.csv")))
     text = results_markdown(load("runs/eval/metrics.json"), load("runs/chain_eval/metrics.json"),
                             load("runs/chain_eval_tta/metrics.json"), load("runs/chain_eval_flags/metrics.json"),
-                            load("runs/calibration_eval/review_rule.json"), hostile)
+                            load("runs/calibration_eval/review_rule.json"), hostile,
+                            {0: load("runs/eval/metrics.json"), **{k: load(f"runs/eval_seed{k}/metrics.json")
+                                                                   for k in (1, 2)}})
     with open(f"{DOCS}/results.md", "w") as f:
         f.write(text)
     print(text)

@@ -92,6 +92,11 @@ def test_follow_up_of_synthetic_patients(bundle, tmp_path):
         assert "<b>&" not in report
     index = (out / "index.html").read_text()
     assert "p&lt;b&gt;&amp;1" in index and "<b>&" not in index
+    # the index gives each patient's ratios per visit (mean of the views), and the networks in words, not JSON
+    p2 = [p for p in data["photos"] if p["patient"] == "p2"]
+    means = [np.mean([p["ratio"] for p in p2 if p["visit"] == v]) for v in (0, 1)]
+    assert f"{means[0]:.2f} &rarr; {means[1]:.2f}" in index
+    assert '{"' not in index and "variant: " in index
 
 
 def test_a_corrupt_file_and_a_photo_without_a_face_do_not_stop_the_batch(bundle, tmp_path):

@@ -12,6 +12,20 @@ from vitijax import compile_cache
 
 compile_cache.enable()
 
+# The slow tier: whatever trains a network (the tiny networks of a session, launch.train's own runs,
+# multi-device and multi-process training), the benchmark, and full-resolution rendering. `pytest -m "not slow"`
+# is the fast tier for an edit-test loop; README's command runs both.
+SLOW_MODULES = ("test_train.py", "test_benchmark.py")
+SLOW_FIXTURES = ("tiny_runs", "bundle")
+SLOW_TESTS = ("test_full_paper_resolution_render",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS
+                or any(f in item.fixturenames for f in SLOW_FIXTURES)):
+            item.add_marker(pytest.mark.slow)
+
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REFERENCE_NPZ = REFERENCE_DIR / "ddrnet23slim_ref.npz"
 REFERENCE_MD5 = "e2b7f8eeed82345c437b4f39f51ed1a6"

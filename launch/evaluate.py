@@ -29,7 +29,6 @@ table1.md, overlays/, patients/, bland_altman.png and index.html in --out.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -108,11 +107,11 @@ def run_bundle(a) -> int:
     from vitijax import face as face_lib
     from vitijax import face_mask as face_mask_lib
     from vitijax.data import folder
-    from vitijax.data.io import read_mask
+    from vitijax.data.io import downscale, read_mask
     from vitijax.data.photos import PhotoInput
     from vitijax.pipeline import Analyzer
     from vitijax.report.evaluation import write_report
-    from vitijax.report.followup import write_results
+    from vitijax.report.followup import csv_cell, write_results
     from vitijax.run_log import format_seconds
 
     compile_cache.enable()
@@ -153,7 +152,7 @@ def run_bundle(a) -> int:
         cb = face_lib.crop_box(true_box, analyzer.margin)
         lesion_p = res.lesion_mask if res.lesion_mask is not None else np.zeros_like(lesion_t)
         face_p = res.face_mask if res.face_mask is not None else np.zeros_like(face_t)
-        small[i] = [_shrink(face_lib.crop(x, cb), 384, nearest=k > 0)
+        small[i] = [downscale(face_lib.crop(x, cb), 384, nearest=k > 0)
                     for k, x in enumerate((photo, lesion_p, lesion_t * face_t, face_p))]
 
     t0 = time.perf_counter()
@@ -185,7 +184,7 @@ def run_bundle(a) -> int:
         w = csv.writer(f)
         w.writerow(CHAIN_COLUMNS + tuple(chain.SIGNALS))
         for r in chain_rows:
-            w.writerow([_csv_cell(r.get(c)) for c in CHAIN_COLUMNS] + [_csv_cell(r["quality"].get(k))
+            w.writerow([csv_cell(r.get(c)) for c in CHAIN_COLUMNS] + [csv_cell(r["quality"].get(k))
                                                                       for k in chain.SIGNALS])
     changes = chain.change_rows(chain_rows)
     with open(os.path.join(a.out, "changes.csv"), "w", newline="") as f:
@@ -202,21 +201,6 @@ def run_bundle(a) -> int:
               + (" (give it to launch.export --review-rule)" if calibration["rule"] else ""))
     print(f"report: {paths['index']}  (analysis outputs: {out_analysis})")
     return 0
-
-
-def _shrink(a: np.ndarray, side: int, nearest: bool) -> np.ndarray:
-    scale = min(1.0, side / max(a.shape[:2]))
-    size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
-    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.NEAREST if nearest
-                                                else Image.Resampling.BILINEAR))
-
-
-def _csv_cell(v) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    if isinstance(v, (list, tuple)):
-        return "; ".join(str(x) for x in v)
-    return "" if v is None else str(v)
 
 
 def _read_masks(root: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vitijax import face as face_lib
-from vitijax.evaluate import box_iou, image_row, summarize
+from vitijax.evaluate import add_ratio_errors, box_iou, image_row, summarize
 
 
 def _count(a: np.ndarray) -> int:
@@ -55,15 +55,13 @@ def score_photo(index: int, ids: Mapping[str, Any], result, face_true: np.ndarra
     crop_counts = (tp, fp_all, fn, h * w - tp - fp_all - fn)
     row = image_row(index, {**ids, "ratio": None}, face_counts, crop_counts)
     row["ratio_pred"] = float(result.ratio)
-    row["ratio_error"] = row["ratio_pred"] - row["ratio_true"]
-    row["ratio_abs_error"] = abs(row["ratio_error"])
+    add_ratio_errors(row)
     true_box = face_lib.box_from_mask(face_t)
     row["box_true"] = list(true_box) if true_box else None
     row["box_pred"] = None if result.face_box is None else [round(float(v), 1) for v in result.face_box]
     row["box_iou"] = box_iou(result.face_box, true_box) if result.face_box is not None and true_box else 0.0
-    cb = result.crop_box
-    row["crop_holds_face"] = bool(cb is not None and true_box is not None and cb[0] <= true_box[0]
-                                  and cb[1] <= true_box[1] and cb[2] >= true_box[2] and cb[3] >= true_box[3])
+    row["crop_holds_face"] = bool(result.crop_box is not None and true_box is not None
+                                  and face_lib.contains(result.crop_box, true_box))
     inter, n_pred = _count(face_p & face_t), _count(face_p)
     row["face_dice"] = 2 * inter / (n_pred + n_face) if n_pred + n_face else math.nan
     row["face_iou"] = inter / (n_pred + n_face - inter) if n_pred + n_face else math.nan
@@ -138,6 +136,13 @@ SIGNALS = ("ratio_band_pp", "uncertain_share", "mean_uncertainty", "saturated_sh
            "face_fill", "face_in_box", "face_largest_part")
 
 
+def _error_classes(rows: Sequence[Mapping[str, Any]]):
+    """(the rows with a ratio, their big-error mask, their small-error mask): what every flag is judged on."""
+    rated = [r for r in rows if math.isfinite(r["ratio_pred"])]
+    err = np.array([abs(r["ratio_error"]) for r in rated], np.float64)
+    return rated, err > BIG_ERROR_PP, err < SMALL_ERROR_PP
+
+
 def flag_report(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """How well each flag, and the "needs review" decision, predicts a large F-Vitiligo error.
 
@@ -148,9 +153,7 @@ def flag_report(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     flagged photos that have a big error). The target for "needs review":
     recall >= 0.9 and false alarms <= 0.2.
     """
-    rated = [r for r in rows if math.isfinite(r["ratio_pred"])]
-    err = np.array([abs(r["ratio_error"]) for r in rated], np.float64)
-    big, small = err > BIG_ERROR_PP, err < SMALL_ERROR_PP
+    rated, big, small = _error_classes(rows)
     names = sorted({f for r in rated for f in r.get("flags", [])} | {"needs review"})
 
     def stats(fires: np.ndarray) -> dict[str, Any]:
@@ -254,9 +257,7 @@ def calibrate_review(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] =
     recall, false-alarm rate and precision, 'photos', 'big_error_photos',
     'small_error_photos', 'why'}.
     """
-    rated = [r for r in rows if math.isfinite(r["ratio_pred"])]
-    err = np.array([abs(r["ratio_error"]) for r in rated], np.float64)
-    big, small = err > BIG_ERROR_PP, err < SMALL_ERROR_PP
+    rated, big, small = _error_classes(rows)
     out: dict[str, Any] = {"photos": len(rated), "big_error_photos": int(big.sum()),
                            "small_error_photos": int(small.sum()), "min_recall": min_recall,
                            "big_error_pp": BIG_ERROR_PP, "small_error_pp": SMALL_ERROR_PP, "rule": None,

@@ -179,8 +179,7 @@ def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineCon
                 pred = np.clip(box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2), 0,
                                np.tile(size[::-1], 2))
                 iou = box_iou(pred, true_box)
-                cx0, cy0, cx1, cy1 = face_lib.crop_box(face_lib.int_box(tuple(pred)), margin)
-                holds = bool(cx0 <= true_box[0] and cy0 <= true_box[1] and cx1 >= true_box[2] and cy1 >= true_box[3])
+                holds = face_lib.contains(face_lib.crop_box(face_lib.int_box(tuple(pred)), margin), true_box)
                 rows.append({**row, "box_pred": [round(float(v), 1) for v in pred],
                              "box_true": [float(v) for v in true_box], "iou": iou, "crop_holds_face": holds})
     rows.sort(key=lambda r: (not r["face_present"], r["index"]))

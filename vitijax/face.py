@@ -152,6 +152,11 @@ def choose_face(detections: list[Detection]) -> Detection | None:
     return max(strong, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
 
 
+def contains(outer, inner) -> bool:
+    """Whether box ``outer`` (x0, y0, x1, y1) holds the whole of box ``inner``."""
+    return bool(outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3])
+
+
 def int_box(box: tuple[float, float, float, float]) -> Box:
     """A float box rounded outwards to integer pixels."""
     x0, y0, x1, y1 = box

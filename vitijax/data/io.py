@@ -100,14 +100,16 @@ def read_mask(path: str | os.PathLike, expected_hw: tuple[int, int] | None = Non
     raise ImageReadError(path, f"mask values must be {{0,1}} or {{0,255}}, found {shown}")
 
 
-def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` shrunk (bilinear, never enlarged) so that its long side is at most ``max_side``."""
+def downscale(image: np.ndarray, max_side: int, nearest: bool = False) -> np.ndarray:
+    """``image`` shrunk (bilinear, or nearest neighbours for masks; never enlarged) so that its long side is at
+    most ``max_side``."""
     h, w = image.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     if scale == 1.0:
         return image
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image).resize(size, resample))
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -135,11 +135,11 @@ def add_changes(rows: list[dict[str, Any]]) -> None:
                                     if defined and base < REPIGMENTATION_FLOOR_PP else "")
 
 
-def _cell(v) -> str:
+def csv_cell(v) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
     if isinstance(v, (list, tuple)):
-        return ";".join(_cell(x) for x in v) if not all(isinstance(x, str) for x in v) else "; ".join(v)
+        return ";".join(csv_cell(x) for x in v) if not all(isinstance(x, str) for x in v) else "; ".join(v)
     if isinstance(v, dict):
         return json.dumps(v)
     return "" if v is None else str(v)
@@ -266,7 +266,7 @@ def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in rows:
-            w.writerow([_cell(r.get(c)) for c in COLUMNS])
+            w.writerow([csv_cell(r.get(c)) for c in COLUMNS])
     clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  JSON has no NaN
     with open(paths["json"], "w") as f:
         json.dump({"info": info, "photos": [{k: clean(v) for k, v in r.items()} for r in rows],

@@ -39,12 +39,12 @@ def build_analyzer(a):
     from vitijax.segmenter import Segmenter
 
     parts, info = load_bundle(a.model)
-    lesion = Segmenter(*parts["lesion"], where=f"{a.model} (lesion)", expect_label="vitiligo")
+    lesion = Segmenter(*parts["lesion"], where=f"{a.model} (lesion)", expect="lesion")
     mask_kind = a.face_mask or ("network" if "face_mask" in parts else "ellipse")
     if mask_kind == "network" and "face_mask" not in parts:
         raise ValueError(f"{a.model}: the bundle has no face-mask network; export one with "
                          "launch.export --face-mask-workdir, or choose --face-mask ellipse")
-    seg = Segmenter(*parts["face_mask"], where=f"{a.model} (face mask)", expect_label="face") \
+    seg = Segmenter(*parts["face_mask"], where=f"{a.model} (face mask)", expect="face_mask") \
         if mask_kind == "network" else None
     detector = a.detector
     if detector == "auto":
@@ -65,7 +65,7 @@ def build_analyzer(a):
                 "source": "face-box network", **{k: parts["face_box"][1].get(k) for k in ("step", "validation_iou")}},
             "tta": {"flips": analyzer.flips, "scales": list(analyzer.scales)}}
     return analyzer, {"bundle": os.path.abspath(a.model), "vitijax_version": info.get("vitijax_version"),
-                      "networks": nets, "face_mask": mask_kind, "detector": detector}
+                      "networks": nets, "face_mask": mask_kind, "detector": detector, "crop_margin": analyzer.margin}
 
 
 def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):

@@ -70,7 +70,8 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) 
     from vitijax import sharding
     from vitijax.models.ddrnet import DDRNet, init_variables
     from vitijax.optim import make_optimizer
-    from vitijax.train import compile_steps, create_train_state, make_model
+    from vitijax import tasks
+    from vitijax.train import compile_steps, create_train_state
 
     rows = []
     model = DDRNet(variant, 2, aux_head=False)
@@ -91,10 +92,11 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) 
     for dtype in train_dtypes:
         c.model.variant, c.model.dtype = variant, dtype
         mesh = sharding.make_mesh(jax.devices()[:1])
-        tm = make_model(c.model)
+        lesion = tasks.get("lesion")
+        tm = lesion.build_model(lesion.model_meta(c.model), dtype=dtype)
         tx, sched = make_optimizer(c.optimizer, 1000)
         state = create_train_state(tm, tx, (512, 512), 0, mesh)
-        step, _ = compile_steps(tm, tx, c.loss, sched, mesh)
+        step, _ = compile_steps(lesion, tm, tx, c.loss, sched, mesh)
         r = np.random.default_rng(0)
         batch = sharding.global_batch({"image": r.standard_normal((4, 512, 512, 3)).astype(np.float32),
                                        "label": r.integers(0, 2, (4, 512, 512)).astype(np.int32)}, mesh)
@@ -120,7 +122,8 @@ def bench_pipeline(repeats: int) -> dict:
     import numpy as np
 
     from vitijax.data import synthetic
-    from vitijax.data.pipeline import PipelineConfig, train_loader
+    from vitijax.contract import InputContract
+    from vitijax.data.pipeline import Augment, train_loader
     from vitijax.data.records import make_example
 
     src = []
@@ -128,10 +131,10 @@ def bench_pipeline(repeats: int) -> dict:
         s = synthetic.render(synthetic.make_patient(0, i), 0, synthetic.VIEWS[i % 3], (1024, 688))
         src.append(make_example(s.image, s.face_mask, s.vitiligo_mask, patient=s.patient_id, visit=0, view=s.view,
                                 face_box=s.face_box))
-    cfg = PipelineConfig(input_size=(512, 512))
+    contract = InputContract(size=(512, 512), mask_input=True)
     rates = []
     for rep in range(repeats):
-        it = iter(train_loader(src, cfg, 4, seed=rep))
+        it = iter(train_loader(src, "lesion", contract, Augment(), 4, seed=rep))
         next(it)
         t = time.perf_counter()
         for _ in range(8):
@@ -173,23 +176,26 @@ def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
     from vitijax.models.ddrnet import DDRNet, init_variables
     from vitijax.models.facebox import FaceBoxNet
     from vitijax.pipeline import Analyzer
+    from vitijax.contract import InputContract
     from vitijax.segmenter import Segmenter
 
     compile_cache.enable()
 
-    def seg(label):
+    def seg(task):
         v = init_variables(DDRNet("23-slim", 2, True), jax.random.key(0), (64, 64))
-        meta = {"model": "ddrnet", "variant": "23-slim", "num_classes": 2, "aux_head": True,
-                "input": {"size": [512, 512], "mask_input": label == "vitiligo", "label": label}}
-        return Segmenter(v, meta, where=f"random {label} network")
+        meta = {"model": "ddrnet", "variant": "23-slim", "num_classes": 2, "aux_head": True, "task": task,
+                "input": InputContract(size=(512, 512), mask_input=task == "lesion").to_meta()}
+        return Segmenter(v, meta, where=f"random {task} network")
 
     fb = FaceBoxNet()
     fb_vars = fb.init(jax.random.key(0), jax.numpy.zeros((1, 320, 320, 3)))
     # threshold 0: a random presence head must not stop the chain before the stages being timed
     box = face.FaceBoxModel(fb_vars, {"model": "facebox", "pool": 5, "hidden": 256, "presence_threshold": 0.0,
-                                      "input": {"size": [320, 320]}}, where="random face-box network")
+                                      "task": "face_box", "input": InputContract(
+                                          size=(320, 320), source="photo", normalisation="retinaface").to_meta()},
+                            where="random face-box network")
     # face_mask_range None: a random face-mask network draws no face shape, and every stage must be timed
-    analyzer = Analyzer(seg("vitiligo"), face_mask.make("network", seg("face")), box, face_mask_range=None)
+    analyzer = Analyzer(seg("lesion"), face_mask.make("network", seg("face_mask")), box, face_mask_range=None)
     inp = [PhotoInput(photo_path, "bench", 0, "front")]
     t0 = time.perf_counter()
     row = analyze_batch(analyzer, inp, out_dir, False)[0]

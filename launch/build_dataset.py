@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-fraction", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-side", type=int, help="downscale stored crops above this side (pixels)")
+    p.add_argument("--crop-margin", type=float, help="the crop rule's margin, a fraction of the face box's larger "
+                   "side (default 0.15, vitijax.contract); another margin is another data set, <config>_margin<m>, "
+                   "which a run with input.margin=<m> finds")
     a = p.parse_args(argv)
 
     from vitijax.data import folder, splits, tfds_io
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             base = next(c for c in cls.BUILDER_CONFIGS if c.name == config)
             tag = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
             config = dataclasses.replace(base, name=f"{base.name}_{tag}", **overrides)
-        builder = tfds_io.get_builder(a.name, data_dir=a.data_dir, config=config, manual_dir=a.manual_dir)
+        builder = tfds_io.get_builder(a.name, data_dir=a.data_dir, config=config, manual_dir=a.manual_dir,
+                                      crop_margin=a.crop_margin)
         builder.download_and_prepare()
     except (folder.UnusableDataset, splits.SplitLeak, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,6 +29,7 @@ table1.md, overlays/, patients/, bland_altman.png and index.html in --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -45,12 +46,10 @@ def _parse_data(spec: str) -> tuple[str, str | None, str]:
 def run_model(a) -> int:
     import jax
 
-    from vitijax import compile_cache, sharding
+    from vitijax import compile_cache, sharding, tasks
     from vitijax.checkpoint import load_model, resolve_model_dir
     from vitijax.data import tfds_io
-    from vitijax.data.pipeline import PipelineConfig
-    from vitijax.evaluate import compile_eval_step, evaluate, summarize
-    from vitijax.models.ddrnet import DDRNet
+    from vitijax.evaluate import compile_eval_step, summarize
     from vitijax.report.evaluation import write_report
 
     compile_cache.enable()
@@ -58,32 +57,34 @@ def run_model(a) -> int:
     variables, meta = load_model(model_dir)
     if meta.get("model") != "ddrnet":
         raise ValueError(f"{model_dir}: not a DDRNet checkpoint (model {meta.get('model')!r})")
-    inp = meta.get("input", {})
-    size = tuple(a.input_size or inp.get("size") or (512, 512))
-    pcfg = PipelineConfig(input_size=size, mask_input=inp.get("mask_input", True), label=inp.get("label", "vitiligo"))
-    model = DDRNet(meta["variant"], meta["num_classes"], meta["aux_head"])
+    if a.input_size and not meta.get("input"):  # a launch.convert checkpoint: the user says what it takes
+        meta = {**meta, "input": {"size": list(a.input_size), "mask_input": True}}
+    task, model, contract = tasks.load(meta, model_dir)
+    if a.input_size:
+        contract = dataclasses.replace(contract, size=tuple(a.input_size))
+    size = contract.size
     name, cfg, split = _parse_data(a.data)
-    builder = tfds_io.get_builder(name, data_dir=a.data_dir, config=cfg)
+    builder = tfds_io.get_builder(name, data_dir=a.data_dir, config=cfg, crop_margin=contract.margin)
     if not tfds_io.is_prepared(builder):
         raise FileNotFoundError(f"data set {name}/{builder.builder_config.name} is not built under {a.data_dir} "
-                                "(python -m launch.build_dataset)")
+                                f"(python -m launch.build_dataset --name {name} --crop-margin {contract.margin:g})")
+    tfds_io.check_margin(builder, contract.margin)
     source = tfds_io.data_source(builder, split)
     mesh = sharding.make_mesh()
     batch = a.batch_size * jax.device_count() if a.batch_size % jax.device_count() else a.batch_size
-    ev = compile_eval_step(model, mesh)
-    print(f"evaluating DDRNet-{meta['variant']} from {model_dir} on {name}/{split} ({len(source)} images, "
-          f"input {size[0]}x{size[1]}) ...", flush=True)
-    rows, preds = evaluate(ev, jax.device_put(variables, sharding.replicated(mesh)), source, pcfg, batch, mesh,
-                           keep_predictions=True)
+    ev = compile_eval_step(task, model, mesh)
+    print(f"evaluating {task.describe(meta)} ({task.NAME}) from {model_dir} on {name}/{split} ({len(source)} images, "
+          f"input {size[0]}x{size[1]}, crop margin {contract.margin:g}) ...", flush=True)
+    rows, preds = task.evaluate(ev, jax.device_put(variables, sharding.replicated(mesh)), source, contract, batch,
+                                mesh, keep_predictions=True)
     summary = summarize(rows, bootstrap=a.bootstrap)
 
     def overlay(row):
-        ex = source[row["index"]]
-        img = np.asarray(Image.fromarray(ex["image"]).resize(size[::-1], Image.Resampling.BILINEAR))
-        rs = lambda m: np.asarray(Image.fromarray(m).resize(size[::-1], Image.Resampling.NEAREST))  # noqa: E731
-        face = rs(ex["face_mask"])
-        true = rs(ex["vitiligo_mask"] if pcfg.label == "vitiligo" else ex["face_mask"])
-        return img, preds[row["index"]], true, (face if pcfg.label == "vitiligo" else None)
+        # the image, the prediction, the truth and the region scored, all at the input size, as evaluated
+        ex = task.prepare(source[row["index"]], contract)
+        img = np.asarray(Image.fromarray(source[row["index"]]["image"]).resize(size[::-1], Image.Resampling.BILINEAR))
+        region = ex["face"]
+        return img, preds[row["index"]], ex["label"].astype(np.uint8), (None if region.all() else region)
 
     paths = write_report(a.out, rows, summary, title=f"vitijax evaluation: {name}/{split}",
                          overlay_source=overlay, max_overlays=a.max_overlays)
@@ -127,7 +128,7 @@ def run_bundle(a) -> int:
                               probability=False)
     analyzer, info = build_analyzer(opts)
     reference = Analyzer(analyzer.lesion, face_mask_lib.make("ground_truth"), None, flips=analyzer.flips,
-                         scales=analyzer.scales, margin=analyzer.margin)
+                         scales=analyzer.scales)
     inputs = [PhotoInput(img, patient, visit, view, face) for img, face, _, patient, visit, view in items]
     lesion_of = {img: vit for img, _, vit, *_ in items}
     out_analysis = os.path.join(a.out, "analysis")

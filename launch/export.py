@@ -7,8 +7,9 @@
 or give a model checkpoint directory); the face-mask and face-box networks
 are optional (without them ``analyze`` uses the ellipse face mask and
 RetinaFace). The bundle is one orbax checkpoint: each network's params and
-batch statistics, the meta and training config that rebuild it, the
-preprocessing constants and the vitijax version. ``analyze`` refuses a bundle
+batch statistics, the meta that rebuilds it with its whole input contract
+(input size, crop margin, masking, normalisation; ``vitijax/contract.py``),
+its training config and the vitijax version. ``analyze`` refuses a bundle
 of another vitijax version.
 """
 
@@ -21,18 +22,13 @@ import os
 import sys
 
 
-def _part(path: str, kind: str, label: str | None):
-    from vitijax.checkpoint import CheckpointError, load_model, resolve_model_dir
+def _part(path: str, task: str):
+    from vitijax import tasks
+    from vitijax.checkpoint import load_model, resolve_model_dir
 
     directory = resolve_model_dir(path)
     variables, meta = load_model(directory)
-    if meta.get("model") != kind:
-        raise CheckpointError(f"{directory}: a {meta.get('model')} checkpoint where the {kind} network was expected")
-    if label and (meta.get("input") or {}).get("label") != label:
-        raise CheckpointError(f"{directory}: a network trained to segment {(meta.get('input') or {}).get('label')!r}, "
-                              f"expected {label!r}")
-    if "input" not in meta:
-        raise CheckpointError(f"{directory}: its meta does not record the training input (export a training run's best/)")
+    tasks.load(meta, directory, expect=task)  # refuses another task, or a model without its input contract
     config = None
     for cand in (os.path.join(os.path.dirname(directory), "config.json"), os.path.join(directory, "config.json")):
         if os.path.isfile(cand):
@@ -55,17 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from vitijax.checkpoint import CheckpointError, save_bundle
-    from vitijax.data.pipeline import MEAN, STD
-    from vitijax.data.records import CROP_MARGIN
-    from vitijax.models.retinaface import MEAN_BGR
 
     try:
         parts, origins = {}, {}
-        for name, path, kind, label in (("lesion", a.workdir, "ddrnet", "vitiligo"),
-                                        ("face_mask", a.face_mask_workdir, "ddrnet", "face"),
-                                        ("face_box", a.face_box_workdir, "facebox", None)):
+        for name, path in (("lesion", a.workdir), ("face_mask", a.face_mask_workdir),
+                           ("face_box", a.face_box_workdir)):
             if path:
-                parts[name], origins[name] = _part(path, kind, label)
+                parts[name], origins[name] = _part(path, name)
         extra = {}
         if a.review_rule:
             with open(a.review_rule) as f:
@@ -77,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "threshold]}}}} as launch.evaluate --calibrate writes)")
             extra["review_rule"] = rule
             extra["review_rule_calibration"] = {k: v for k, v in calibrated.items() if k != "rule"}
+        # each part's meta carries its input contract (its "input"): what analyze reads back
         extra.update({"exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "origins": origins,
-                 "preprocessing": {"crop_margin": CROP_MARGIN, "imagenet_mean_rgb": MEAN.tolist(),
-                                   "imagenet_std_rgb": STD.tolist(), "retinaface_mean_bgr": MEAN_BGR.tolist()}})
+                      "origins": origins})
         out = save_bundle(a.out, parts, extra)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

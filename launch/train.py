@@ -14,8 +14,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+# Locked: --config.X=... with a misspelt X fails, naming it, instead of adding a key nobody reads.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (launch/configs/*.py).",
-                                          lock_config=False)
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
 _COORD = flags.DEFINE_string("coordinator_address", None, "Multi-host: address of process 0, HOST:PORT.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -39,6 +40,11 @@ def main(argv):
                                   process_id=_PID.value, cpu_collectives=_CPU_COLL.value)
     try:
         train_and_evaluate(config, _WORKDIR.value)
+    except ValueError as e:  # a config the task cannot take: the message names the key
+        if "config." not in str(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

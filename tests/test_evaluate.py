@@ -17,7 +17,7 @@ from launch import build_dataset
 from launch import evaluate as evaluate_cli
 from vitijax import metrics
 from vitijax.evaluate import summarize
-from vitijax.report import agreement
+from vitijax import agreement
 
 
 def random_masks(n=6, shape=(24, 32), seed=0):

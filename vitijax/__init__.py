@@ -1,8 +1,7 @@
-"""vitijax: facial vitiligo analysis of UV photographs in JAX/Flax."""
+"""vitijax: facial vitiligo analysis of UV photographs in JAX/Flax.
 
-from vitijax import xla_flags as _xla_flags
+Importing the library changes no process-wide setting; the ``launch/``
+entry points apply vitijax's measured XLA CPU default (:mod:`vitijax.xla_flags`).
+"""
 
-__version__ = "0.2.0"
-
-# Before any JAX computation: XLA reads its flags once, at backend start (see vitijax.xla_flags).
-_xla_flags.apply_defaults()
+__version__ = "0.3.0"

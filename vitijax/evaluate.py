@@ -1,189 +1,73 @@
 """The jitted batch evaluator, shared by training's validation and ``launch.evaluate``.
 
-One jitted function per batch returns per-image confusion counts (inside the
-face mask, and over the whole crop) and, on request, the predicted masks.
-Batches are padded with a ``valid`` flag and sharded over the device mesh;
-the host sums counts once. Every example is counted exactly once and one
-compilation serves every batch (the input size is fixed).
-
-Resolution: the network sees the crop resized to ``input_size``; its logits
-(1/8) are upsampled bilinearly to the label size, which is the input size, and
-the masks are resized to it with nearest neighbours. Ratios here are at that
-resolution; ``ratio_true_full`` carries the full-photo truth where the data
-set stores it.
-
-The face-box network has its own step and rows (:func:`evaluate_boxes`): IoU
-of the predicted and true face boxes, and whether the square crop around the
-predicted box (:func:`vitijax.face.crop_box`) holds the whole true box.
+:func:`run_rows` runs a task's jitted eval step (``vitijax/tasks/``) over a
+source once and turns each example's outputs into a row with the task's row
+function. Batches are padded with a ``valid`` flag and sharded over the device
+mesh; outputs come back replicated, so every process builds the rows of all
+examples (another host's identifiers are read from the source), and sums are
+divided once on the host (:func:`summarize`). Every example is counted exactly
+once and one compilation serves every batch (the input size is fixed).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vitijax import face as face_lib
 from vitijax import metrics, sharding
-from vitijax.data.pipeline import PipelineConfig, box_to_photo, eval_batches
-from vitijax.models.ddrnet import DDRNet
-from vitijax.models.facebox import FaceBoxNet
-from vitijax.report.agreement import agreement
-from vitijax.resize import resize_bilinear
+from vitijax.agreement import agreement
+from vitijax.data.pipeline import eval_batches
 
 ID_KEYS = ("patient", "visit", "view", "source_file", "ratio")
 
 
-def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> dict[str, jax.Array]:
-    """Per-image counts of the main head's decision (:func:`metrics.foreground` of its class probabilities,
-    resized bilinearly to label size, as in analysis).
-
-    Returns 'face' and 'crop' counts [b, 4] (tp, fp, fn, tn), 'pred' [b, h, w]
-    uint8, and the batch's 'valid' [b] and 'index' [b] (its source positions).
-    """
-    out = model.apply(variables, batch["image"], train=False)
-    main = out[0] if isinstance(out, tuple) else out
-    probs = resize_bilinear(jax.nn.softmax(main.astype(jnp.float32), axis=-1), batch["label"].shape[1:3])
-    pred = metrics.foreground(probs)
-    return {"face": metrics.confusion_counts(pred, batch["label"], batch["face"]),
-            "crop": metrics.confusion_counts(pred, batch["label"]), "pred": pred.astype(jnp.uint8),
-            "valid": batch["valid"], "index": batch["index"]}
-
-
-def box_eval_step(variables, batch: Mapping[str, jax.Array], *, model: FaceBoxNet) -> dict[str, jax.Array]:
-    """The face-box network's boxes [b, 4] (fractions of the input side) and face-presence scores [b]
-    (sigmoid of the presence logit), with 'valid' and 'index'."""
-    box, presence = model.apply(variables, batch["image"], train=False)
-    return {"box": box, "presence": jax.nn.sigmoid(presence), "valid": batch["valid"], "index": batch["index"]}
-
-
-def compile_eval_step(model: DDRNet | FaceBoxNet, mesh):
+def compile_eval_step(task, model, mesh):
+    """The task's eval step, jitted, the variables replicated and the batch sharded over ``mesh``."""
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    fn = box_eval_step if isinstance(model, FaceBoxNet) else eval_step
-    return jax.jit(functools.partial(fn, model=model), in_shardings=(rep, bat), out_shardings=rep)
+    return jax.jit(functools.partial(task.eval_step, model=model), in_shardings=(rep, bat), out_shardings=rep)
 
 
-def evaluate(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
-             *, keep_predictions: bool = False) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
-    """Runs the model over ``source`` once; returns (per-image rows, {index: predicted mask}).
+def run_rows(ev_step, variables, source: Sequence[dict], task_name: str, contract, global_batch: int, mesh,
+             row: Callable[[int, dict, dict], dict], keys: Sequence[str], *, keep_predictions: bool = False
+             ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    """Runs ``ev_step`` over ``source`` once; returns (rows sorted by index, {index: 'pred'} if kept).
 
-    Every process gets the rows of *all* examples (counts come back
-    replicated; identifiers of another host's examples are read from the
-    source). Rows hold the identifiers, counts in the face region (tp, fp, fn,
-    tn; the whole crop for the face-mask network) and over the crop
-    (crop_tp ...), per-image scores and the predicted and true F-Vitiligo
-    (percent). Predictions are kept only with ``keep_predictions`` (overlays).
-    For the face-box network (``pcfg.label == "box"``) see :func:`evaluate_boxes`.
+    ``row(index, out, item)`` makes one row from the example's outputs ``out``
+    (each output of the step at that example) and ``item``: the example fields
+    ``keys`` and the task's ``HOST_KEYS`` of its prepared arrays.
     """
-    if pcfg.label == "box":
-        return evaluate_boxes(ev_step, variables, source, pcfg, global_batch, mesh), {}
+    from vitijax import tasks
+
+    task = tasks.get(task_name)
     local = global_batch // jax.process_count()
     rows: list[dict[str, Any]] = []
     preds: dict[int, np.ndarray] = {}
-    for batch in eval_batches(source, pcfg, local, shard_index=jax.process_index(),
-                              shard_count=jax.process_count(), keys=ID_KEYS):
-        arrays = {k: batch[k] for k in ("image", "label", "face", "valid")}
+    for batch in eval_batches(source, task, contract, local, shard_index=jax.process_index(),
+                              shard_count=jax.process_count(), keys=keys):
+        arrays = {k: batch[k] for k in (*task.DEVICE_KEYS, "valid")}
         arrays["index"] = batch["index"].astype(np.int32)
-        if pcfg.label == "face":
-            # The face-mask network's label *is* the face mask: counting inside it would make every
-            # prediction precise. Its region is the whole crop.
-            arrays["face"] = np.ones_like(arrays["face"])
-        # Outputs are replicated: every host sees the counts of the whole global batch, so every
-        # host builds the same rows (identifiers of other hosts' examples are read from the source).
         out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
         mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
         for g in np.flatnonzero(out["valid"]):
             index = int(out["index"][g])
-            if index in mine:
-                ids = {k: _plain(batch[k][mine[index]]) for k in ID_KEYS}
-            else:
+            j = mine.get(index)
+            if j is not None:
+                item = {k: batch[k][j] for k in (*keys, *task.HOST_KEYS)}
+            else:  # another host's example: read it from the source
                 ex = source[index]
-                ids = {k: _plain(ex.get(k)) for k in ID_KEYS}
-            row = image_row(index, ids, out["face"][g], out["crop"][g])
-            if pcfg.label == "face":  # a face network's ratios are face fractions: no F-Vitiligo truth applies
-                row["ratio_true_full"] = float("nan")
-            rows.append(row)
-            if keep_predictions:
+                item = {k: ex.get(k) for k in keys}
+                if task.HOST_KEYS:
+                    prepared = task.prepare(ex, contract)
+                    item.update({k: prepared[k] for k in task.HOST_KEYS})
+            item = {k: _plain(v) for k, v in item.items()}
+            rows.append(row(index, {k: v[g] for k, v in out.items()}, item))
+            if keep_predictions and "pred" in out:
                 preds[index] = out["pred"][g]
     rows.sort(key=lambda r: r["index"])
     return rows, preds
-
-
-class NoFaceSource:
-    """``source`` with every photo replaced by its fixed no-face negative (:mod:`vitijax.data.no_face`):
-    what the face-box evaluation scores the presence head on."""
-
-    def __init__(self, source: Sequence[dict]):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict:
-        from vitijax.data.no_face import evaluation_negative
-        from vitijax.data.pipeline import photo_and_box
-
-        ex = dict(self.source[index])
-        photo, box = photo_and_box(ex)
-        negative = evaluation_negative(photo, box, index)
-        return {**ex, "photo": negative, "original_size": np.asarray(negative.shape[:2]), "face_present": 0}
-
-
-def evaluate_boxes(ev_step, variables, source: Sequence[dict], pcfg: PipelineConfig, global_batch: int, mesh,
-                   *, margin: float = 0.15) -> list[dict[str, Any]]:
-    """Per-image rows of the face-box network over ``source`` and over its no-face negatives.
-
-    Photos with a face (``face_present`` True): identifiers, the predicted and
-    true boxes in the original photo's pixels, their IoU, ``crop_holds_face``
-    (the square crop with ``margin`` around the predicted box contains the
-    whole true box) and the face-presence score ``presence``. Each photo's
-    fixed negative (:class:`NoFaceSource`, ``face_present`` False): its
-    ``presence`` score and ``negative_kind``. As :func:`evaluate`, every
-    process gets the rows of all examples (outputs are replicated).
-    """
-    from vitijax.data.no_face import KINDS
-
-    local = global_batch // jax.process_count()
-    side = pcfg.input_size[0]
-    rows: list[dict[str, Any]] = []
-    for src, positive in ((source, True), (NoFaceSource(source), False)):
-        for batch in eval_batches(src, pcfg, local, shard_index=jax.process_index(), shard_count=jax.process_count(),
-                                  keys=("patient", "visit", "view", "face_box", "original_size")):
-            arrays = {"image": batch["image"], "valid": batch["valid"], "index": batch["index"].astype(np.int32)}
-            out = jax.device_get(ev_step(variables, sharding.global_batch(arrays, mesh)))
-            mine = {int(i): j for j, i in enumerate(batch["index"]) if batch["valid"][j]}
-            for g in np.flatnonzero(out["valid"]):
-                index = int(out["index"][g])
-                j = mine.get(index)
-                ex = None if j is not None else src[index]  # another host's example: read it from the source
-                ids = {k: _plain(batch[k][j] if j is not None else ex.get(k)) for k in ("patient", "visit", "view")}
-                row = {"index": index, **ids, "face_present": positive, "presence": float(out["presence"][g])}
-                if not positive:
-                    rows.append({**row, "negative_kind": KINDS[index % len(KINDS)]})
-                    continue
-                if j is not None:
-                    coeffs, to_orig = batch["coeffs"][j], batch["to_original"][j]
-                    true_box = np.asarray(batch["face_box"][j], np.float64)
-                    size = np.asarray(batch["original_size"][j], np.float64)
-                else:  # recompute its geometry from the source
-                    from vitijax.data.pipeline import prepare
-
-                    prepared = prepare(ex, pcfg)
-                    coeffs, to_orig = prepared["coeffs"], prepared["to_original"]
-                    true_box = np.asarray(ex["face_box"], np.float64)
-                    size = np.asarray(ex["original_size"], np.float64)
-                # in original pixels, clipped to the photo as FaceBoxModel clips it in analysis
-                pred = np.clip(box_to_photo(out["box"][g], coeffs, side) * np.tile(to_orig, 2), 0,
-                               np.tile(size[::-1], 2))
-                iou = box_iou(pred, true_box)
-                holds = face_lib.contains(face_lib.crop_box(face_lib.int_box(tuple(pred)), margin), true_box)
-                rows.append({**row, "box_pred": [round(float(v), 1) for v in pred],
-                             "box_true": [float(v) for v in true_box], "iou": iou, "crop_holds_face": holds})
-    rows.sort(key=lambda r: (not r["face_present"], r["index"]))
-    return rows
 
 
 def box_iou(a, b) -> float:

@@ -16,9 +16,9 @@ Two face finders, chosen by the caller (``launch.analyze --face-box``):
   score (trained on photos with and without a face); below the model's
   ``presence_threshold`` the photo holds no face.
 
-Crop rule (documented once, used by the data set builders, training and
-analysis): the face box is grown by ``margin`` of its larger side on every
-side and made square around its centre, so that resizing the crop to the
+Crop rule (used by the data set builders, training and analysis; the margin
+is each network's input contract's, :mod:`vitijax.contract`): the face box is
+grown by ``margin`` of its larger side on every side and made square around its centre, so that resizing the crop to the
 square network input is isotropic. A square that reaches past the photo is
 *not* shifted or clipped: the part outside the photo is zero-filled in the
 crop, which keeps the face centred and the mapping a pure translation. Boxes
@@ -32,8 +32,9 @@ import functools
 
 import numpy as np
 
+from vitijax.contract import CROP_MARGIN, DETECT_LONG_SIDE
+
 Box = tuple[int, int, int, int]
-DEFAULT_LONG_SIDE = 640
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _detector():
     return variables, jax.jit(lambda v, x: model.apply(v, x))
 
 
-def detect(image: np.ndarray, *, long_side: int = DEFAULT_LONG_SIDE, score_threshold: float = 0.5,
+def detect(image: np.ndarray, *, long_side: int = DETECT_LONG_SIDE, score_threshold: float = 0.5,
            nms_threshold: float = 0.4) -> list[Detection]:
     """Faces in an RGB uint8 photo [h, w, 3] of any size, best score first (maybe none).
 
@@ -95,7 +96,7 @@ class FaceBoxModel:
     :class:`Detection` in the photo's pixels (score: the face-presence score
     in [0, 1], no landmarks); ``threshold`` is the score below which the photo
     holds no face (the model meta's ``presence_threshold``). The photo is
-    letterboxed exactly as in training (``data.pipeline.prepare_photo``). A
+    letterboxed exactly as in training (:func:`vitijax.inputs.photo_input`, by its stored input contract). A
     checkpoint of another model, or one trained without the presence head, is
     refused with a message naming it.
     """
@@ -103,9 +104,8 @@ class FaceBoxModel:
     def __init__(self, variables: dict, meta: dict, *, where: str):
         import jax
 
+        from vitijax import tasks
         from vitijax.checkpoint import CheckpointError
-        from vitijax.data.pipeline import PipelineConfig
-        from vitijax.models.facebox import FaceBoxNet
 
         if meta.get("model") != "facebox":
             raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not the face-box network "
@@ -115,8 +115,7 @@ class FaceBoxModel:
                                   "'no face'); retrain it with launch/configs/face_box.py")
         self.where, self.meta = where, meta
         self.threshold = float(meta["presence_threshold"])
-        self.cfg = PipelineConfig(input_size=tuple(meta["input"]["size"]), label="box", mask_input=False)
-        model = FaceBoxNet(pool=int(meta["pool"]), hidden=int(meta["hidden"]))
+        _, model, self.contract = tasks.load(meta, where, "face_box")
         self._variables = jax.device_put({"params": variables["params"]})
         self._fwd = jax.jit(lambda v, x: model.apply(v, x))
 
@@ -130,15 +129,14 @@ class FaceBoxModel:
         return cls(variables, meta, where=directory)
 
     def __call__(self, image: np.ndarray) -> Detection:
-        from vitijax.data.pipeline import box_to_photo, prepare_photo
+        from vitijax.inputs import box_to_photo, photo_input
 
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"the face-box network expects an RGB image [h, w, 3], got shape {image.shape}")
-        prepared = prepare_photo(np.asarray(image, np.uint8), self.cfg)
-        box, presence = self._fwd(self._variables, prepared["image"][None])
+        x, coeffs = photo_input(np.asarray(image, np.uint8), self.contract)
+        box, presence = self._fwd(self._variables, x[None])
         h, w = image.shape[:2]
-        x0, y0, x1, y1 = np.clip(box_to_photo(np.asarray(box)[0], prepared["coeffs"], self.cfg.input_size[0]), 0,
-                                 [w, h, w, h])
+        x0, y0, x1, y1 = np.clip(box_to_photo(np.asarray(box)[0], coeffs, self.contract.size[0]), 0, [w, h, w, h])
         score = float(1.0 / (1.0 + np.exp(-float(np.asarray(presence)[0]))))
         return Detection((float(x0), float(y0), float(x1), float(y1)), score, None)
 
@@ -172,7 +170,7 @@ def box_from_mask(mask: np.ndarray) -> Box | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def crop_box(face_box: Box, margin: float = 0.15) -> Box:
+def crop_box(face_box: Box, margin: float = CROP_MARGIN) -> Box:
     """The square crop box around ``face_box``: side = larger face side * (1 + 2 * margin)."""
     x0, y0, x1, y1 = face_box
     if x1 <= x0 or y1 <= y0:

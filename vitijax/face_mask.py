@@ -1,7 +1,9 @@
 """The face-mask ("matting") stage: one interface, interchangeable sources chosen by name.
 
 Every source is called on a batch of photos as ``source(photos, crop_boxes,
-detections, truths=None)`` (lists; ``truths`` only for ``ground_truth``) and
+detections, truths=None, crops=None)`` (lists; ``truths`` only for
+``ground_truth``; ``crops``: the photos already cut to the crop boxes, which
+the analysis chain cuts once and hands to every stage) and
 returns, per photo, the face mask of its crop, uint8 {0, 1} [crop h, crop w]
 (the crop box's size; :func:`vitijax.face.paste_back` puts it into the
 photo). The network source runs the batch's crops through the network together.
@@ -29,6 +31,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vitijax import face as face_lib
+from vitijax import tasks
+from vitijax.metrics import foreground
+from vitijax.resize import resize_host
 
 SOURCES = ("network", "ellipse", "ground_truth")
 
@@ -39,24 +44,20 @@ class NetworkFaceMask:
     name = "network"
 
     def __init__(self, segmenter):
-        if segmenter.label != "face":
-            from vitijax.checkpoint import CheckpointError
-
-            raise CheckpointError(f"{segmenter.where}: a network trained to segment {segmenter.label!r}, not 'face'")
+        tasks.require(segmenter.task.NAME, "face_mask", segmenter.where)
         self.segmenter = segmenter
 
     @classmethod
     def load(cls, model_dir: str) -> "NetworkFaceMask":
         from vitijax.segmenter import Segmenter
 
-        return cls(Segmenter.load(model_dir, expect_label="face"))
+        return cls(Segmenter.load(model_dir, expect="face_mask"))
 
-    def __call__(self, photos, crop_boxes, detections=None, truths=None) -> list[np.ndarray]:
-        from vitijax.metrics import foreground
-        from vitijax.segmenter import resize_channels
-
-        crops = [face_lib.crop(p, b) for p, b in zip(photos, crop_boxes, strict=True)]
-        return [foreground(resize_channels(probs, c.shape[:2])).astype(np.uint8)
+    def __call__(self, photos, crop_boxes, detections=None, truths=None, crops=None) -> list[np.ndarray]:
+        if crops is None:
+            crops = [face_lib.crop(p, b) for p, b in zip(photos, crop_boxes, strict=True)]
+        # the class probabilities (1/8 of the input) go once to the crop's size, where the decision is made
+        return [foreground(resize_host(probs, c.shape[:2])).astype(np.uint8)
                 for c, (probs, _) in zip(crops, self.segmenter.probabilities(crops))]
 
 
@@ -65,7 +66,7 @@ class EllipseFaceMask:
 
     name = "ellipse"
 
-    def __call__(self, photos, crop_boxes, detections=None, truths=None) -> list[np.ndarray]:
+    def __call__(self, photos, crop_boxes, detections=None, truths=None, crops=None) -> list[np.ndarray]:
         if detections is None or any(d is None for d in detections):
             raise ValueError("the ellipse face mask needs a face detection")
         return [self.one(b, d) for b, d in zip(crop_boxes, detections, strict=True)]
@@ -100,7 +101,7 @@ class GroundTruthFaceMask:
 
     name = "ground_truth"
 
-    def __call__(self, photos, crop_boxes, detections=None, truths=None) -> list[np.ndarray]:
+    def __call__(self, photos, crop_boxes, detections=None, truths=None, crops=None) -> list[np.ndarray]:
         if truths is None:
             truths = [None] * len(photos)
         return [self.one(p, b, t) for p, b, t in zip(photos, crop_boxes, truths, strict=True)]

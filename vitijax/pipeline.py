@@ -43,8 +43,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitijax import face as face_lib
+from vitijax import tasks
+from vitijax.checkpoint import CheckpointError
 from vitijax.metrics import f_vitiligo, foreground
-from vitijax.segmenter import resize_channels
+from vitijax.resize import resize_host
 
 # What a face mask's shape must look like before its ratio is trusted (see face_mask_shape).
 FACE_MASK_RANGE = {"face_fill": (0.3, 1.2), "face_in_box": (0.85, 1.0), "face_largest_part": (0.85, 1.0)}
@@ -75,6 +77,7 @@ class PhotoResult:
     flags: list[str] = dataclasses.field(default_factory=list)
     face_mask: np.ndarray | None = None
     lesion_mask: np.ndarray | None = None
+    crop: np.ndarray | None = None  # the photo cut to crop_box [crop h, crop w, 3] uint8: cut once, reused by the overlay
     probability: np.ndarray | None = None  # lesion probability [crop h, crop w] float32 (on request)
     uncertainty: np.ndarray | None = None  # TTA std of the lesion probability [crop h, crop w] (with TTA)
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -147,7 +150,8 @@ def _inside_photo(box: face_lib.Box, photo_hw: tuple[int, int]) -> np.ndarray:
 class Analyzer:
     """The analysis chain with its networks.
 
-    ``lesion``: the lesion network (a Segmenter trained with label "vitiligo").
+    ``lesion``: the lesion network (a Segmenter of the lesion task); its input contract's margin is the
+    crop rule, and the face-mask and face-box networks must have been trained with the same one.
     ``face_mask``: a face-mask source (:mod:`vitijax.face_mask`).
     ``face_box``: the face-box network (:class:`face.FaceBoxModel`), or None for RetinaFace.
     ``flips`` / ``scales``: test-time augmentation of the lesion network.
@@ -156,16 +160,18 @@ class Analyzer:
     """
 
     def __init__(self, lesion, face_mask, face_box=None, *, flips: bool = False, scales: Sequence[float] = (1.0,),
-                 margin: float = 0.15, detect_long_side: int = face_lib.DEFAULT_LONG_SIDE,
                  keep_probability: bool = False, review_rule: dict[str, tuple[str, float]] | None = None,
                  face_mask_range: dict[str, tuple[float, float]] | None = FACE_MASK_RANGE):
-        if lesion.label != "vitiligo":
-            from vitijax.checkpoint import CheckpointError
-
-            raise CheckpointError(f"{lesion.where}: a network trained to segment {lesion.label!r}, not 'vitiligo'")
+        tasks.require(lesion.task.NAME, "lesion", lesion.where)
+        # One crop feeds every network, so every network must have learnt the same crop rule.
+        self.margin = lesion.contract.margin
+        others = [getattr(face_mask, "segmenter", None), face_box]
+        for other in (o for o in others if o is not None and o.contract.margin != self.margin):
+            raise CheckpointError(f"{other.where} was trained on crops with margin {other.contract.margin:g}, "
+                                  f"{lesion.where} on {self.margin:g}: export networks trained with one crop margin")
         self.lesion, self.face_mask, self.face_box = lesion, face_mask, face_box
-        self.flips, self.scales, self.margin = flips, tuple(scales), margin
-        self.detect_long_side, self.keep_probability = detect_long_side, keep_probability
+        self.flips, self.scales = flips, tuple(scales)
+        self.detect_long_side, self.keep_probability = lesion.contract.detect_long_side, keep_probability
         self.review_rule, self.face_mask_range = review_rule, face_mask_range
 
     @property
@@ -213,10 +219,11 @@ class Analyzer:
             return results
         idx = [i for i, _, _ in todo]
         boxes = [b for _, _, b in todo]
+        crops = [face_lib.crop(photos[i], b) for i, b in zip(idx, boxes)]  # the one cut at full resolution
         faces = self.face_mask([photos[i] for i in idx], boxes, [d for _, d, _ in todo],
-                               None if truths is None else [truths[i] for i in idx])
+                               None if truths is None else [truths[i] for i in idx], crops=crops)
         lesion_in = []
-        for i, box, face, (_, det, _) in zip(idx, boxes, faces, todo):
+        for i, box, crop, face, (_, det, _) in zip(idx, boxes, crops, faces, todo):
             # The crop's zero-filled part beyond the photo's edge is not face, whatever a network says.
             face = face * _inside_photo(box, photos[i].shape[:2])
             if not face.any():
@@ -227,12 +234,12 @@ class Analyzer:
             if self.face_mask_range is not None and not face_mask_plausible(shape, self.face_mask_range):
                 results[i].flags.append("implausible face mask")
                 continue
-            lesion_in.append((i, box, face))
+            lesion_in.append((i, box, crop, face))
         if not lesion_in:
             return results
-        crops = [face_lib.crop(photos[i], box) for i, box, _ in lesion_in]
-        probs = self.lesion.probabilities(crops, [f for _, _, f in lesion_in], flips=self.flips, scales=self.scales)
-        for (i, box, face), crop, (p, std) in zip(lesion_in, crops, probs):
+        probs = self.lesion.probabilities([c for _, _, c, _ in lesion_in], [f for _, _, _, f in lesion_in],
+                                          flips=self.flips, scales=self.scales)
+        for (i, box, crop, face), (p, std) in zip(lesion_in, probs):
             self._finish(results[i], photos[i].shape[:2], box, crop, face, p, std)
         return results
 
@@ -240,8 +247,9 @@ class Analyzer:
         """Full-resolution masks, counts, ratio and quality flags of one photo from its crop's outputs."""
         hw = crop.shape[:2]
         # every non-background class is lesion; the decision is metrics.foreground's, on this one channel
-        p_lesion = resize_channels(1.0 - probs[..., 0], hw)
+        p_lesion = resize_host(1.0 - probs[..., 0], hw)
         lesion = (foreground(np.stack([1.0 - p_lesion], -1)) & (face > 0)).astype(np.uint8)
+        res.crop = crop
         res.face_mask = face_lib.paste_back(face, box, photo_hw)
         res.lesion_mask = face_lib.paste_back(lesion, box, photo_hw)
         res.face_pixels = int(res.face_mask.sum())
@@ -250,7 +258,7 @@ class Analyzer:
         if self.keep_probability:
             res.probability = np.where(face > 0, p_lesion, 0).astype(np.float32)
         if std is not None:
-            res.uncertainty = np.where(face > 0, resize_channels(std, hw), 0).astype(np.float32)
+            res.uncertainty = np.where(face > 0, resize_host(std, hw), 0).astype(np.float32)
         # Quality, measured on the face only.
         on_face = face > 0
         pixels = crop[on_face].astype(np.float32)

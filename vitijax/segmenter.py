@@ -30,42 +30,25 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
 import numpy as np
-from PIL import Image
 
-
-def resize_channels(a: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """[h, w, c] or [h, w] float -> [H, W(, c)] float32, bilinear with half-pixel centres (on the host)."""
-    h, w = size_hw
-    if a.ndim == 2:
-        return np.asarray(Image.fromarray(np.ascontiguousarray(a, np.float32)).resize((w, h), Image.Resampling.BILINEAR))
-    return np.stack([resize_channels(a[..., k], size_hw) for k in range(a.shape[-1])], axis=-1)
+from vitijax import inputs, tasks
+from vitijax.metrics import foreground
+from vitijax.resize import resize_host
 
 
 class Segmenter:
-    """A DDRNet and how to feed it. ``expect_label`` ("face" or "vitiligo") refuses a network trained for
-    the other task; ``where`` names the checkpoint in messages."""
+    """A DDRNet and how to feed it (its input contract, :mod:`vitijax.contract`). ``expect`` ("lesion" or
+    "face_mask") refuses a network of another task; ``where`` names the checkpoint in messages."""
 
-    def __init__(self, variables: dict, meta: dict, *, where: str, expect_label: str | None = None):
-        import jax
-
+    def __init__(self, variables: dict, meta: dict, *, where: str, expect: str | None = None):
         from vitijax.checkpoint import CheckpointError
-        from vitijax.data.pipeline import PipelineConfig
-        from vitijax.models.ddrnet import DDRNet
 
         if meta.get("model") != "ddrnet":
             raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not a DDRNet")
-        inp = meta.get("input")
-        if not inp:
-            raise CheckpointError(f"{where}: its meta does not say what input the network was trained on "
-                                  "(a launch.convert checkpoint: evaluate it with launch.evaluate --input-size, or "
-                                  "fine-tune it with launch.train, whose best/ records the input)")
-        if expect_label and inp.get("label") != expect_label:
-            raise CheckpointError(f"{where}: a network trained to segment {inp.get('label')!r}, not {expect_label!r}")
+        self.task, model, self.contract = tasks.load(meta, where, expect)
         self.where, self.meta = where, meta
-        self.cfg = PipelineConfig(input_size=tuple(inp["size"]), label=inp.get("label", "vitiligo"),
-                                  mask_input=bool(inp.get("mask_input", True)))
-        model = DDRNet(meta["variant"], int(meta["num_classes"]), bool(meta["aux_head"]))
 
         def forward(v, x):
             out = model.apply(v, x, train=False)
@@ -75,17 +58,13 @@ class Segmenter:
         self._fwd = jax.jit(forward)
 
     @classmethod
-    def load(cls, model_dir: str, *, expect_label: str | None = None) -> "Segmenter":
+    def load(cls, model_dir: str, *, expect: str | None = None) -> "Segmenter":
         """From a model checkpoint directory (or a training workdir, whose ``best/`` is taken)."""
         from vitijax.checkpoint import load_model, resolve_model_dir
 
         directory = resolve_model_dir(model_dir)
         variables, meta = load_model(directory)
-        return cls(variables, meta, where=directory, expect_label=expect_label)
-
-    @property
-    def label(self) -> str:
-        return self.cfg.label
+        return cls(variables, meta, where=directory, expect=expect)
 
     def probabilities(self, crops: Sequence[np.ndarray], face_masks: Sequence[np.ndarray] | None = None, *,
                       flips: bool = False, scales: Sequence[float] = (1.0,)) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -93,27 +72,17 @@ class Segmenter:
         input): (class probabilities [h', w', classes] at the network's output resolution for the
         trained input size, float32; std of the class-1 probability over the TTA members [h', w'], or
         None without TTA)."""
-        import dataclasses
-
-        from vitijax.data.pipeline import prepare
-
-        if self.cfg.mask_input and face_masks is None:
+        if self.contract.mask_input and face_masks is None:
             raise ValueError(f"{self.where}: this network was trained on masked crops; give the face masks")
-        base_h, base_w = self.cfg.input_size
+        base_h, base_w = self.contract.size
         out_hw = (base_h // 8, base_w // 8)
         members: list[list[np.ndarray]] = [[] for _ in crops]
         for scale in scales:
             size = (max(8, round(base_h * scale / 8) * 8), max(8, round(base_w * scale / 8) * 8))
-            cfg = dataclasses.replace(self.cfg, input_size=size)
             xs = []
             for i, crop in enumerate(crops):
-                crop = np.asarray(crop, np.uint8)
-                h, w = crop.shape[:2]
-                face = np.ones((h, w), np.uint8) if face_masks is None else np.asarray(face_masks[i], np.uint8)
-                if face.shape != (h, w):
-                    raise ValueError(f"face mask of shape {face.shape} for a crop of {(h, w)}")
-                x = prepare({"image": crop, "face_mask": face, "vitiligo_mask": np.zeros((h, w), np.uint8)},
-                            cfg)["image"]
+                x = inputs.crop_input(np.asarray(crop, np.uint8), None if face_masks is None else face_masks[i],
+                                      self.contract, size)
                 xs += [x, x[:, ::-1]] if flips else [x]
             probs = np.asarray(self._fwd(self._variables, np.stack(xs)))
             per = 2 if flips else 1
@@ -121,7 +90,7 @@ class Segmenter:
                 for k in range(per):
                     p = probs[i * per + k]
                     p = p[:, ::-1] if k == 1 else p
-                    members[i].append(p if p.shape[:2] == out_hw else resize_channels(p, out_hw))
+                    members[i].append(p if p.shape[:2] == out_hw else resize_host(p, out_hw))
         result = []
         for ms in members:
             stack = np.stack(ms)  # [members, h', w', classes]
@@ -137,10 +106,8 @@ class Segmenter:
 
     def __call__(self, crop: np.ndarray, face_mask: np.ndarray | None = None) -> np.ndarray:
         """The predicted mask of one crop (:func:`vitijax.metrics.foreground`), uint8 [h, w] {0, 1}."""
-        from vitijax.metrics import foreground
-
         probs, _ = self.probabilities([crop], None if face_mask is None else [face_mask])[0]
-        return foreground(resize_channels(probs, crop.shape[:2])).astype(np.uint8)
+        return foreground(resize_host(probs, crop.shape[:2])).astype(np.uint8)
 
     def describe(self) -> dict[str, Any]:
         """What this network is, for reports."""

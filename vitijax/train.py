@@ -11,11 +11,13 @@ replicated and the batch sharded, so BatchNorm and the OHEM selection see the
 global batch. The same code runs on one CPU, all GPUs of a host, and several
 hosts (each host feeds its own shard of the data).
 
-Two kinds of model train here: DDRNet (``model.name = "ddrnet"``: the lesion
-network, or the face-mask network with ``input.label = "face"``), with OHEM
-cross-entropy, and the paper's face-box network (``model.name = "facebox"``,
-``input.label = "box"``), with L1 + GIoU on the whole photo, its encoder
-initialised from the pretrained RetinaFace.
+What is trained is ``config.task``, a module of :mod:`vitijax.tasks` (the
+lesion network, the face-mask network, the face-box network): it builds the
+model, prepares the examples, gives the loss, the eval step and the figure
+that picks the best model. This module knows none of them by name. Configs
+are strict (:func:`configure`): a key the task does not take is an error
+naming it, and the input contract the task builds from ``config.input`` is
+stored whole with every checkpoint and best model.
 """
 
 from __future__ import annotations
@@ -35,11 +37,8 @@ import optax
 from vitijax import compile_cache, sharding
 from vitijax import evaluate as evaluation
 from vitijax.checkpoint import TrainCheckpoints, load_model, read_meta, save_model
-from vitijax.data.pipeline import PipelineConfig, train_loader
+from vitijax.data.pipeline import train_loader
 from vitijax.data.sources import load_splits
-from vitijax.models.ddrnet import DDRNet
-from vitijax.models.facebox import FaceBoxNet, with_pretrained_encoder
-from vitijax.losses import box_loss, ddrnet_loss
 from vitijax.optim import make_optimizer
 from vitijax.run_log import MetricWriter, Progress
 
@@ -57,30 +56,42 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------
-# Model, state and steps
+# Config -> task, input contract, augmentation
 # ----------------------------------------------------------------------------
 
-def make_model(model_cfg) -> DDRNet | FaceBoxNet:
-    name = model_cfg.get("name", "ddrnet")
-    if name == "facebox":
-        return FaceBoxNet(pool=int(model_cfg.get("pool", 5)), hidden=int(model_cfg.get("hidden", 256)))
-    if name != "ddrnet":
-        raise ValueError(f"model.name must be 'ddrnet' or 'facebox', got {name!r}")
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.get("dtype", "float32")]
-    return DDRNet(variant=model_cfg.variant, num_classes=int(model_cfg.num_classes),
-                  aux_head=bool(model_cfg.aux_head), dtype=dtype)
+TOP_KEYS = ("task", "seed", "model", "data", "input", "augment", "loss", "optimizer", "batch_size", "num_epochs",
+            "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "init_from",
+            "num_devices", "compilation_cache_dir", "distributed")
+DATA_KEYS = ("source", "name", "config", "data_dir", "manual_dir", "build_if_missing", "train_split", "eval_split",
+             "test_split", "seed", "patients", "visits", "photo_size", "val_fraction", "test_fraction")
+OPTIMIZER_KEYS = ("lr", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "poly_power", "end_lr_factor",
+                  "grad_clip_norm", "weight_decay_on")
 
 
-def model_meta(model_cfg) -> dict[str, Any]:
-    """The fields that identify a model in its checkpoints."""
-    if model_cfg.get("name", "ddrnet") == "facebox":
-        return {"model": "facebox", "pool": int(model_cfg.get("pool", 5)), "hidden": int(model_cfg.get("hidden", 256)),
-                "presence_threshold": float(model_cfg.get("presence_threshold", 0.5))}
-    return {"model": "ddrnet", "variant": model_cfg.variant, "num_classes": int(model_cfg.num_classes),
-            "aux_head": bool(model_cfg.aux_head)}
+def configure(config):
+    """(task module, InputContract, Augment) of a training config, after checking every key: one the
+    task does not take (a misspelling, or a setting of another task) raises ``ValueError`` naming it."""
+    from vitijax import tasks
+    from vitijax.contract import InputContract, check_keys  # noqa: F401
+    from vitijax.data.pipeline import Augment
+
+    check_keys(config, TOP_KEYS, "config")
+    task = tasks.get(config.task)
+    check_keys(config.model, task.MODEL_KEYS, "config.model")
+    check_keys(config.loss, task.LOSS_KEYS, "config.loss")
+    check_keys(config.input, (*task.INPUT_KEYS, "worker_count"), "config.input")
+    check_keys(config.augment, task.AUGMENT_KEYS, "config.augment")
+    check_keys(config.data, DATA_KEYS, "config.data")
+    check_keys(config.optimizer, OPTIMIZER_KEYS, "config.optimizer")
+    aug = Augment(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.augment.items()})
+    return task, task.contract(config.input), aug
 
 
-def _state_init(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int]):
+# ----------------------------------------------------------------------------
+# State and steps
+# ----------------------------------------------------------------------------
+
+def _state_init(model, tx: optax.GradientTransformation, input_hw: tuple[int, int]):
     def init(rng):
         variables = model.init(rng, jnp.zeros((1, *input_hw, 3), jnp.float32), train=False)
         params = variables["params"]
@@ -91,35 +102,27 @@ def _state_init(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple
     return init
 
 
-def create_train_state(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int],
+def create_train_state(model, tx: optax.GradientTransformation, input_hw: tuple[int, int],
                        seed: int, mesh) -> TrainState:
     """A fresh state, initialised directly into replicated placement on ``mesh``."""
     return jax.jit(_state_init(model, tx, input_hw), out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
-def abstract_train_state(model: DDRNet, tx: optax.GradientTransformation, input_hw: tuple[int, int], mesh):
+def abstract_train_state(model, tx: optax.GradientTransformation, input_hw: tuple[int, int], mesh):
     """The state's shapes, dtypes and (replicated) shardings, from ``jax.eval_shape``: nothing is allocated."""
     shapes = jax.eval_shape(_state_init(model, tx, input_hw), jax.random.key(0))
     rep = sharding.replicated(mesh)
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRNet | FaceBoxNet,
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, task_loss,
                tx: optax.GradientTransformation, loss_cfg, schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on the global batch ``{'image': [b, h, w, 3], 'label': [b, h, w]}`` (DDRNet) or
-    ``{'image': [b, s, s, 3], 'box': [b, 4], 'present': [b]}`` (face-box network)."""
+    """One optimiser step on the global batch (the task's ``TRAIN_KEYS``, e.g. ``{'image': [b, h, w, 3],
+    'label': [b, h, w]}``); ``task_loss(outputs, batch, loss_cfg)`` is the task's loss."""
     def loss_fn(params):
         outputs, updated = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                        train=True, mutable=["batch_stats"])
-        if isinstance(model, FaceBoxNet):
-            box, presence = outputs
-            loss, parts = box_loss(box, batch["box"], presence, batch["present"],
-                                   l1_weight=loss_cfg.get("l1_weight", 5.0), giou_weight=loss_cfg.get("giou_weight", 2.0),
-                                   presence_weight=loss_cfg.get("presence_weight", 1.0))
-        else:
-            loss, parts = ddrnet_loss(outputs, batch["label"], aux_weight=loss_cfg.aux_weight,
-                                      thresh=loss_cfg.thresh, min_kept=loss_cfg.min_kept,
-                                      ignore_index=loss_cfg.ignore_index, class_weights=loss_cfg.get("class_weights"))
+        loss, parts = task_loss(outputs, batch, loss_cfg)
         return loss, (parts, updated.get("batch_stats", {}))
 
     (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -129,50 +132,18 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: DDRN
     return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), out
 
 
-def compile_steps(model, tx, loss_cfg, schedule, mesh):
-    """(jitted train step with the state donated, jitted eval step), sharded over ``mesh``."""
+def compile_steps(task, model, tx, loss_cfg, schedule, mesh):
+    """(jitted train step with the state donated, jitted eval step) of ``task``, sharded over ``mesh``."""
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule),
+    step = jax.jit(functools.partial(train_step, model=model, task_loss=task.loss, tx=tx, loss_cfg=loss_cfg,
+                                     schedule=schedule),
                    in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
-    return step, evaluation.compile_eval_step(model, mesh)
-
-
-# ----------------------------------------------------------------------------
-# Evaluation (the evaluator itself is vitijax.evaluate)
-# ----------------------------------------------------------------------------
-
-def evaluate_split(ev_step, variables, source, pcfg, global_batch, mesh,
-                   presence_threshold: float = 0.5) -> tuple[dict[str, float], list[dict]]:
-    """(flat summary for logs: face-region pooled scores, crop_ scores, ratio_mae; per-image rows).
-
-    For the face-mask network (label "face") the region is the whole crop (see vitijax.evaluate).
-    For the face-box network: mean IoU, recall at IoU 0.5 / 0.75, crop_holds_face, and at
-    ``presence_threshold`` face_found and no_face_rejected (see ``evaluate.summarize_boxes``).
-    """
-    rows, _ = evaluation.evaluate(ev_step, variables, source, pcfg, global_batch, mesh)
-    if pcfg.label == "box":
-        if not rows:
-            raise ValueError("the evaluation split is empty: no face box to evaluate")
-        s = evaluation.summarize_boxes(rows, presence_threshold)
-        return {k: v for k, v in s.items() if isinstance(v, (int, float))}, rows
-    s = evaluation.summarize(rows)
-    flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
-            "ratio_mae": s["ratio"]["mae"], "images": s["images"]}
-    return flat, rows
+    return step, evaluation.compile_eval_step(task, model, mesh)
 
 
 # ----------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------
-
-def _pipeline_config(config) -> PipelineConfig:
-    inp = config.input
-    return PipelineConfig(input_size=tuple(inp.size), label=inp.get("label", "vitiligo"),
-                          mask_input=bool(inp.get("mask_input", True)), flip=bool(inp.get("flip", True)),
-                          scale_range=tuple(inp.get("scale_range", (0.8, 1.25))),
-                          max_rotation_deg=float(inp.get("max_rotation_deg", 10.0)),
-                          no_face_prob=float(inp.get("no_face_prob", 0.0)))
-
 
 def _check(values: Mapping[str, float], step: int, ckpts: TrainCheckpoints) -> None:
     if not all(math.isfinite(float(values[k])) for k in ("loss", "grad_norm")):
@@ -184,23 +155,7 @@ def _check(values: Mapping[str, float], step: int, ckpts: TrainCheckpoints) -> N
                             "the learning rate or enable gradient clipping (optimizer.grad_clip_norm).")
 
 
-def _selection_key(pcfg: PipelineConfig) -> str:
-    """The validation figure that picks the best model."""
-    return "iou" if pcfg.label == "box" else "dice"
-
-
-def _print_summary(title: str, s: Mapping[str, float]) -> str:
-    if "recall_50" in s:
-        line = (f"{title}: face box IoU {100 * s['iou']:.2f}  recall@0.5 {100 * s['recall_50']:.2f}  "
-                f"recall@0.75 {100 * s['recall_75']:.2f}  crop holds the whole face {100 * s['crop_holds_face']:.2f} "
-                f"({s['images']} photos, %)")
-        if "face_found" in s:
-            line += (f"; face presence at {s['presence_threshold']:g}: faces found {100 * s['face_found']:.2f}, "
-                     f"no-face photos rejected {100 * s['no_face_rejected']:.2f} ({s['no_face_images']} photos, %)")
-    else:
-        line = (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
-                f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
-                f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  ({s['images']} images; face region, pooled pixels, %)")
+def _print(line: str) -> str:
     if jax.process_index() == 0:
         print(line, flush=True)
     return line
@@ -213,6 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     face-box network), 'state': the final TrainState}.
     """
     # --- Set-up ------------------------------------------------------------
+    task, contract, aug = configure(config)  # first: a misspelt key fails before anything is written
     dist = config.get("distributed", {})
     sharding.initialize_distributed(dist.get("coordinator_address"), dist.get("num_processes"),
                                     dist.get("process_id"), bool(dist.get("cpu_collectives", False)))
@@ -231,29 +187,28 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
     # --- Data --------------------------------------------------------------
     d = config.data
-    splits = load_splits(d, [d.train_split, d.eval_split, d.test_split])
+    splits = load_splits(d, [d.train_split, d.eval_split, d.test_split], margin=contract.margin)
     train_src, eval_src, test_src = splits[d.train_split], splits[d.eval_split], splits[d.test_split]
-    pcfg = _pipeline_config(config)
     steps_per_epoch = max(1, len(train_src) // gbs)
     total_steps = int(config.num_steps) if config.get("num_steps") is not None \
         else int(config.num_epochs) * steps_per_epoch
-    loader = train_loader(train_src, pcfg, gbs // jax.process_count(), seed=int(config.seed),
+    loader = train_loader(train_src, task.NAME, contract, aug, gbs // jax.process_count(), seed=int(config.seed),
                           worker_count=int(config.input.get("worker_count", 0)),
                           shard_index=jax.process_index(), shard_count=jax.process_count())
     iterator = iter(loader)
 
     # --- Model, optimiser, state ------------------------------------------
-    model = make_model(config.model)
+    # What identifies the model and what it consumes: stored with every checkpoint and the best model, and
+    # checked on resume (a changed contract must not continue an old run).
+    meta = {**task.model_meta(config.model), "task": task.NAME, "input": contract.to_meta()}
+    model = task.build_model(meta, dtype=config.model.get("dtype", "float32"))
     tx, schedule = make_optimizer(config.optimizer, total_steps)
-    meta = model_meta(config.model)
-    presence_threshold = float(meta.get("presence_threshold", 0.5))
-    # What a model needs besides its weights to be applied: stored with the best model.
-    input_meta = {"size": list(pcfg.input_size), "mask_input": pcfg.mask_input, "label": pcfg.label}
+    key = task.SELECTION_KEY
     ckpts = TrainCheckpoints(workdir, keep=int(config.get("keep_checkpoints", 3)))
     start = ckpts.latest_step()
     best = -1.0
     if start is not None:
-        abstract = abstract_train_state(model, tx, pcfg.input_size, mesh)
+        abstract = abstract_train_state(model, tx, contract.size, mesh)
         state, data_state = ckpts.restore(start, abstract, expect=meta)
         if data_state is not None:
             iterator.set_state(data_state)
@@ -261,22 +216,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # step (killed while writing it) counts as none.
         best_meta = read_meta(os.path.join(workdir, "best"))
         if best_meta is not None:
-            best = float(best_meta.get(f"validation_{_selection_key(pcfg)}", -1.0))
+            best = float(best_meta.get(f"validation_{key}", -1.0))
         if is_main:
             print(f"resumed from {ckpts.directory}/{start} (step {start} of {total_steps})", flush=True)
     else:
-        state = create_train_state(model, tx, pcfg.input_size, int(config.seed), mesh)
-        if isinstance(model, FaceBoxNet) and config.model.get("pretrained_encoder", True):
-            from vitijax.models import retinaface
-
-            params = with_pretrained_encoder(jax.device_get(state.params), retinaface.pretrained_variables()["params"])
+        state = create_train_state(model, tx, contract.size, int(config.seed), mesh)
+        host_params = jax.device_get(state.params)
+        params = task.init_params(host_params, config.model, log=lambda m: print(m, flush=True) if is_main else None)
+        if params is not host_params:  # the task put pretrained weights in
             params = jax.device_put(params, sharding.replicated(mesh))
             state = state.replace(params=params,
                                   opt_state=jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(params))
-            if is_main:
-                print("face-box network: encoder initialised from the pretrained RetinaFace MobileNet-0.25", flush=True)
     if start is None and config.get("init_from"):
-        variables, _ = load_model(config.init_from, expect=meta)
+        variables, _ = load_model(config.init_from, expect=task.model_meta(config.model))
         params = jax.device_put(variables["params"], sharding.replicated(mesh))
         state = state.replace(params=params, batch_stats=jax.device_put(variables["batch_stats"],
                                                                         sharding.replicated(mesh)),
@@ -284,7 +236,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if is_main:
             print(f"initialised from {config.init_from}", flush=True)
     start = int(start or 0)
-    step_fn, ev_fn = compile_steps(model, tx, config.loss, schedule, mesh)
+    step_fn, ev_fn = compile_steps(task, model, tx, config.loss, schedule, mesh)
 
     # --- Loop --------------------------------------------------------------
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
@@ -293,7 +245,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     ckpt_every = int(config.checkpoint_every or total_steps)
     try:
         if is_main:
-            what = "the face-box network" if meta["model"] == "facebox" else f"DDRNet-{meta['variant']}"
+            what = task.describe(meta)
             print(f"training {what} on {len(train_src)} images ({steps_per_epoch} steps/epoch), "
                   f"{total_steps} steps of {gbs} on {len(devices)} device(s) ({jax.devices()[0].platform}); "
                   f"workdir {workdir}", flush=True)
@@ -320,16 +272,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     progress.print(done, {k: values[k] for k in ("loss", "grad_norm", "lr")})
             if done % eval_every == 0 or done == total_steps:
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
-                summary, _ = evaluate_split(ev_fn, variables, eval_src, pcfg, gbs, mesh, presence_threshold)
+                rows, _ = task.evaluate(ev_fn, variables, eval_src, contract, gbs, mesh)
+                summary, _ = task.summarize(rows, meta)
                 writer.write(done, "validation", summary)
-                _print_summary(f"validation at step {done}", summary)
-                key = _selection_key(pcfg)
+                _print(task.summary_line(f"validation at step {done}", summary))
                 if math.isfinite(summary[key]) and summary[key] > best:
                     best = summary[key]
                     # collective: every process calls it. replace: a resumed run may re-reach a step whose
                     # best model the interrupted run had already written.
                     save_model(os.path.join(workdir, "best"), variables,
-                               {**meta, "input": input_meta, "step": done, f"validation_{key}": best}, step=done,
+                               {**meta, "step": done, f"validation_{key}": best}, step=done,
                                keep=1, replace=True)
             if done % ckpt_every == 0 or done == total_steps:
                 _check({k: float(v) for k, v in jax.device_get(values).items()}, done, ckpts)
@@ -337,12 +289,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
         # --- Final evaluation on held-out patients ---------------------------
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        summary, rows = evaluate_split(ev_fn, variables, test_src, pcfg, gbs, mesh, presence_threshold)
+        rows, _ = task.evaluate(ev_fn, variables, test_src, contract, gbs, mesh)
+        summary, details = task.summarize(rows, meta)
         writer.write(total_steps, "test", summary)
-        _print_summary(f"test ({d.test_split}, held-out patients)", summary)
-        result = {"step": total_steps, "test": summary, f"best_validation_{_selection_key(pcfg)}": best}
-        if pcfg.label == "box":  # by view, by kind of no-face photo, and the threshold sweep
-            result["test_details"] = evaluation.summarize_boxes(rows, presence_threshold)
+        _print(task.summary_line(f"test ({d.test_split}, held-out patients)", summary))
+        result = {"step": total_steps, "test": summary, f"best_validation_{key}": best, "test_details": details}
         if is_main:
             with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
                 json.dump({**result, "per_image": rows}, f, indent=2, default=float)

@@ -1,11 +1,12 @@
-"""vitijax's XLA defaults, measured on a 2-core CPU; applied when ``vitijax`` is imported.
+"""vitijax's XLA defaults, measured on a 2-core CPU; applied by the ``launch/`` entry points.
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its backend, so the defaults are
-added to the environment at ``import vitijax``, before any computation. A flag
-already named in ``XLA_FLAGS`` is left as the user set it;
-``VITIJAX_XLA_DEFAULTS=off`` adds none. If JAX's backend is already running
-when vitijax is imported, nothing is added (it could no longer take effect) and
-a warning says so.
+added to the environment when the ``launch`` package is imported (``python -m
+launch.<name>`` imports it before anything else), never by ``import vitijax``:
+a library import changes no process-wide setting. A flag already named in
+``XLA_FLAGS`` is left as the user set it; ``VITIJAX_XLA_DEFAULTS=off`` adds
+none. A program that imports JAX and runs computations before importing
+``launch`` runs without them (XLA has read its flags by then).
 
 The one default: this jaxlib hands matrix multiplies and, above a size
 threshold, convolutions to YNNPACK; vitijax keeps the multiplies there and
@@ -22,20 +23,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import sys
-import warnings
 from typing import MutableMapping
 
 DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 MEASURED_WITH_JAXLIB = "0.10.2"
-
-
-def _backend_started() -> bool:
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
 
 
 def apply_defaults(env: MutableMapping[str, str] = os.environ) -> str:
@@ -51,11 +42,6 @@ def apply_defaults(env: MutableMapping[str, str] = os.environ) -> str:
         return flags
     missing = {name: value for name, value in DEFAULTS.items() if f"--{name}=" not in flags}
     if not missing:
-        return flags
-    if env is os.environ and _backend_started():
-        warnings.warn("vitijax was imported after JAX ran a computation, so its XLA defaults "
-                      f"({' '.join(f'--{n}={v}' for n, v in missing.items())}) are not in force in this process; "
-                      "import vitijax first, or set them in XLA_FLAGS", stacklevel=3)
         return flags
     flags = " ".join([flags, *(f"--{name}={value}" for name, value in missing.items())]).strip()
     env["XLA_FLAGS"] = flags

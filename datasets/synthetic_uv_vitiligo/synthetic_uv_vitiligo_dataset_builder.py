@@ -16,6 +16,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 
 from vitijax.data import synthetic, tfds_io
+from vitijax.contract import CROP_MARGIN
 from vitijax.data.records import make_example
 from vitijax.data.splits import fraction_split
 
@@ -26,6 +27,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     patients: int = 30
     visits: int = 3
     seed: int = 0
+    crop_margin: float = CROP_MARGIN  # the crop rule (vitijax.contract)
     max_side: int | None = None  # downscale crops above this side
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -35,8 +37,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Synthetic UV photographs: face crops, face and vitiligo masks, exact ratios."""
 
     name = "synthetic_uv_vitiligo"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024)."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024).",
+                     "1.2.0": "Records the crop margin and the face-mask source; another margin is another config."}
     BUILDER_CONFIGS = [
         SyntheticConfig(name="tiny", description="6 patients x 2 visits x 3 views at 192x128 (tests)",
                         photo_size=(192, 128), patients=6, visits=2, val_fraction=0.2, test_fraction=0.2),
@@ -49,7 +52,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(features=tfds_io.features(), supervised_keys=None)
+        return self.dataset_info_from_configs(features=tfds_io.features(), supervised_keys=None,
+                                              metadata=tfds_io.info_metadata(self.builder_config, "synthetic truth"))
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
@@ -67,5 +71,5 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     s = synthetic.render(patient, visit, view, c.photo_size)
                     ex = make_example(s.image, s.face_mask, s.vitiligo_mask, patient=s.patient_id, visit=visit,
                                       view=view, source_file=f"synthetic:{c.name}:seed{c.seed}",
-                                      face_box=s.face_box, max_side=c.max_side)
+                                      face_box=s.face_box, max_side=c.max_side, margin=c.crop_margin)
                     yield f"{s.patient_id}_v{visit}_{view}", tfds_io.encode(ex)

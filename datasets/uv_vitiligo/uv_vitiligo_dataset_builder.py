@@ -19,6 +19,7 @@ import os
 import tensorflow_datasets as tfds
 
 from vitijax.data import folder, splits as splits_lib, tfds_io
+from vitijax.contract import CROP_MARGIN
 from vitijax.data.records import make_example
 
 
@@ -30,6 +31,7 @@ class FolderConfig(tfds.core.BuilderConfig):
     test_fraction: float = 0.1  # when there is no held-out list
     folds: int = 0  # > 0: grouped k-fold splits fold0..fold{k-1} instead of train/validation/test
     seed: int = 0
+    crop_margin: float = CROP_MARGIN  # the crop rule (vitijax.contract)
     max_side: int | None = 1536  # downscale crops above this side (full photos are 2832x4240)
 
 
@@ -37,8 +39,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """UV photographs of vitiligo patients from a local folder (face-cropped, with masks)."""
 
     name = "uv_vitiligo"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024)."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024).",
+                     "1.2.0": "Records the crop margin and the face-mask source; another margin is another config."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Lay out your photos and masks as described in vitijax's BUILD.md."
     BUILDER_CONFIGS = [
         FolderConfig(name="default", description="held-out list if present, else seeded 80/10/10 by patient"),
@@ -46,7 +49,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(features=tfds_io.features(), supervised_keys=None)
+        return self.dataset_info_from_configs(features=tfds_io.features(), supervised_keys=None,
+                                              metadata=tfds_io.info_metadata(self.builder_config, "annotation"))
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
@@ -76,5 +80,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for r in records:
             photo, face, vit = folder.load_record(r)
             ex = make_example(photo, face, vit, patient=r.patient, visit=r.visit, view=r.view,
-                              source_file=r.image, source_sha256=r.sha256, max_side=self.builder_config.max_side)
+                              source_file=r.image, source_sha256=r.sha256, max_side=self.builder_config.max_side,
+                              margin=self.builder_config.crop_margin)
             yield f"{r.patient}_v{r.visit}_{r.view}_{r.sha256[:8]}", tfds_io.encode(ex)

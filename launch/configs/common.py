@@ -1,37 +1,51 @@
-"""Defaults shared by every training config; each config file overrides what it changes."""
+"""Defaults shared by every training config; each config file overrides what it changes.
+
+Configs are strict: ``vitijax.train.configure`` refuses a key the task does
+not take, naming it, and ``launch.train`` locks the config so that a misspelt
+``--config.X=...`` fails too. Fields that may be unset are declared with their
+type (``placeholder``), so ``--config.num_steps=N`` works on every config.
+"""
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from vitijax.contract import CROP_MARGIN
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "lesion"  # a module of vitijax/tasks/: lesion, face_mask or face_box
     c.seed = 0
     c.model = dict(variant="23-slim", num_classes=2, aux_head=True, dtype="float32")
     c.data = dict(source="tfds", name="synthetic_uv_vitiligo", config="small", data_dir="data/tfds",
-                  manual_dir=None, build_if_missing=True, train_split="train", eval_split="validation",
+                  manual_dir=placeholder(str), build_if_missing=True, train_split="train", eval_split="validation",
                   test_split="test",
                   # only for source="memory": the synthetic generator rendered in-process
                   seed=0, patients=10, visits=2, photo_size=(192, 128), val_fraction=0.2, test_fraction=0.2)
-    # Network input: crop x face mask, resized to `size` (multiples of 8), ImageNet mean/std.
-    c.input = dict(size=(256, 256), label="vitiligo", mask_input=True, flip=True, scale_range=(0.8, 1.25),
-                   max_rotation_deg=10.0, worker_count=0)
+    # The input contract (vitijax/contract.py): the face crop (face box + `margin` of its larger side on every
+    # side, square) x face mask, resized to `size` (multiples of 8), ImageNet mean/std.
+    c.input = dict(size=(256, 256), margin=CROP_MARGIN, mask_input=True, worker_count=0)
+    # Training augmentation (vitijax.data.pipeline.Augment).
+    c.augment = dict(flip=True, scale_range=(0.8, 1.25), max_rotation_deg=10.0, shift=0.08, brightness=0.15,
+                     contrast=0.2, uv_tone=0.08, blur_prob=0.3, max_blur_sigma=1.2)
     # OHEM (HRNet's defaults) on the main head + 0.4 x on the auxiliary head (the paper's alpha).
-    c.loss = dict(thresh=0.7, min_kept=100_000, aux_weight=0.4, ignore_index=255, class_weights=None)
+    c.loss = dict(thresh=0.7, min_kept=100_000, aux_weight=0.4, ignore_index=255, class_weights=placeholder(tuple))
     # The paper: AdamW, lr 1e-3, weight decay 0.01.
     c.optimizer = dict(lr=1e-3, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, schedule="constant",
-                       warmup_steps=0, poly_power=0.9, end_lr_factor=0.0, grad_clip_norm=None,
+                       warmup_steps=0, poly_power=0.9, end_lr_factor=0.0, grad_clip_norm=placeholder(float),
                        weight_decay_on="all")
     c.batch_size = 8  # global: split over all devices of all hosts
     c.num_epochs = 500
-    c.num_steps = None  # overrides num_epochs when set
+    c.num_steps = placeholder(int)  # overrides num_epochs when set
     c.log_every = 10
     c.eval_every = 0  # steps; 0 = only at the end
     c.checkpoint_every = 0  # steps; 0 = only at the end
     c.keep_checkpoints = 3
-    c.init_from = None  # an orbax model checkpoint, e.g. from python -m launch.convert
-    c.num_devices = None  # None = all devices
-    c.compilation_cache_dir = None  # None = ~/.cache/vitijax/jax or $VITIJAX_JAX_CACHE
-    c.distributed = dict(coordinator_address=None, num_processes=None, process_id=None, cpu_collectives=False)
+    c.init_from = placeholder(str)  # an orbax model checkpoint, e.g. from python -m launch.convert
+    c.num_devices = placeholder(int)  # None = all devices
+    c.compilation_cache_dir = placeholder(str)  # None = ~/.cache/vitijax/jax or $VITIJAX_JAX_CACHE
+    c.distributed = dict(coordinator_address=placeholder(str), num_processes=placeholder(int),
+                         process_id=placeholder(int), cpu_collectives=False)
     return c

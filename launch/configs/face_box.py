@@ -17,15 +17,20 @@ synthetic photos, for tests). The best model (by validation IoU) lands in
 """
 
 from launch.configs.common import base_config
+from vitijax.contract import CROP_MARGIN
 
 
 def get_config(data: str = "synthetic"):
     c = base_config()
-    c.model = dict(name="facebox", pool=5, hidden=256, pretrained_encoder=True, presence_threshold=0.5)
+    c.task = "face_box"
+    c.model = dict(pool=5, hidden=256, pretrained_encoder=True, presence_threshold=0.5)
     c.loss = dict(l1_weight=5.0, giou_weight=2.0, presence_weight=1.0)
+    # the whole photo, letterboxed; the margin is the crop rule whose crops the box must fill
+    c.input = dict(size=(320, 320), margin=CROP_MARGIN, worker_count=0)
     # no_face_prob: a share of training photos replaced by one without a face (vitijax/data/no_face.py),
     # which teaches the presence head to say "no face"
-    c.input.update(size=(320, 320), label="box", mask_input=False, scale_range=(0.75, 1.1), no_face_prob=0.3)
+    c.augment = dict(flip=True, scale_range=(0.75, 1.1), brightness=0.15, contrast=0.2, uv_tone=0.08, blur_prob=0.3,
+                     max_blur_sigma=1.2, no_face_prob=0.3)
     c.optimizer.update(lr=1e-3, schedule="poly", warmup_steps=20)
     c.batch_size = 16
     c.log_every = 25

@@ -8,10 +8,12 @@ picks the data: ``synthetic`` (default, the bundled data set) or ``folder``
 """
 
 from launch.configs.common import base_config
+from vitijax.contract import CROP_MARGIN
 
 
 def get_config(data: str = "synthetic"):
     c = base_config()
+    c.task = "face_mask"
     c.model.variant = "23-slim"
     if data == "synthetic":
         c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="small")
@@ -21,7 +23,7 @@ def get_config(data: str = "synthetic"):
         c.num_epochs = 100
     else:
         raise ValueError(f"data must be 'synthetic' or 'folder', got {data!r}")
-    c.input.update(size=(256, 256), label="face", mask_input=False)
+    c.input = dict(size=(256, 256), margin=CROP_MARGIN, worker_count=0)  # the unmasked crop
     c.optimizer.update(schedule="poly", warmup_steps=20)
     c.log_every = 25
     c.eval_every = 150

@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from vitijax import face as face_lib
+from vitijax.contract import CROP_MARGIN
 from vitijax.data.io import downscale
 from vitijax.metrics import f_vitiligo
 
-CROP_MARGIN = 0.15
 PHOTO_MAX_SIDE = 1024  # the stored whole photo: enough for face detection, far smaller than 2832x4240
 
 

@@ -11,38 +11,43 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+from vitijax.contract import CROP_MARGIN
+
 log = logging.getLogger(__name__)
 
 
-def load_splits(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict[str, Any]]]:
-    """{split: random-access sequence of examples} for each split name asked for."""
+def load_splits(data_cfg, splits: Sequence[str], margin: float = CROP_MARGIN) -> dict[str, Sequence[dict[str, Any]]]:
+    """{split: random-access sequence of examples} for each split name asked for, cropped with ``margin``
+    (the run's input contract; a data set built with another is another data set, see ``tfds_io.with_margin``)."""
     if data_cfg.source == "tfds":
-        return _tfds_splits(data_cfg, splits)
+        return _tfds_splits(data_cfg, splits, margin)
     if data_cfg.source == "memory":
-        return _memory_splits(data_cfg, splits)
+        return _memory_splits(data_cfg, splits, margin)
     raise ValueError(f"data.source must be 'tfds' or 'memory', got {data_cfg.source!r}")
 
 
-def _tfds_splits(data_cfg, splits):
+def _tfds_splits(data_cfg, splits, margin):
     import jax
 
     from vitijax.data import tfds_io
 
     builder = tfds_io.get_builder(data_cfg.name, data_dir=data_cfg.data_dir, config=data_cfg.get("config"),
-                                  manual_dir=data_cfg.get("manual_dir"))
+                                  manual_dir=data_cfg.get("manual_dir"), crop_margin=margin)
+    config_name = builder.builder_config.name
     if not tfds_io.is_prepared(builder):
         if not data_cfg.get("build_if_missing", False):
             raise FileNotFoundError(
-                f"data set {data_cfg.name}/{data_cfg.get('config')} is not built under {data_cfg.data_dir}; run "
+                f"data set {data_cfg.name}/{config_name} is not built under {data_cfg.data_dir}; run "
                 f"python -m launch.build_dataset --name {data_cfg.name} --config {data_cfg.get('config')} "
-                f"--data-dir {data_cfg.data_dir}")
+                f"--crop-margin {margin:g} --data-dir {data_cfg.data_dir}")
         if jax.process_index() == 0:
-            print(f"building data set {data_cfg.name}/{data_cfg.get('config')} in {data_cfg.data_dir} ...", flush=True)
+            print(f"building data set {data_cfg.name}/{config_name} in {data_cfg.data_dir} ...", flush=True)
             builder.download_and_prepare()
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("vitijax data set built")
+    tfds_io.check_margin(builder, margin)
     available = set(builder.info.splits.keys())
     missing = [s for s in splits if s.split("+")[0].split("[")[0] not in available]
     if missing:
@@ -50,7 +55,7 @@ def _tfds_splits(data_cfg, splits):
     return {s: tfds_io.data_source(builder, s) for s in splits}
 
 
-def _memory_splits(data_cfg, splits):
+def _memory_splits(data_cfg, splits, margin):
     from vitijax.data import synthetic
     from vitijax.data.records import make_example
     from vitijax.data.splits import fraction_split
@@ -69,6 +74,6 @@ def _memory_splits(data_cfg, splits):
                 for view in synthetic.VIEWS:
                     s = synthetic.render(patient, visit, view, tuple(data_cfg.photo_size))
                     examples.append(make_example(s.image, s.face_mask, s.vitiligo_mask, patient=s.patient_id,
-                                                 visit=visit, view=view, face_box=s.face_box))
+                                                 visit=visit, view=view, face_box=s.face_box, margin=margin))
         out[name] = examples
     return out

@@ -7,6 +7,7 @@ TensorFlow is neither installed nor imported: the builders write
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import pathlib
@@ -20,6 +21,13 @@ from vitijax.data.io import encode_png
 
 DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / "datasets"
 DEFAULT_DATA_DIR = os.path.join("data", "tfds")
+
+
+def info_metadata(config, face_mask_source: str):
+    """What a build records besides its examples: the crop margin it cut with and where face masks came from."""
+    import tensorflow_datasets as tfds
+
+    return tfds.core.MetadataDict(crop_margin=float(config.crop_margin), face_mask_source=face_mask_source)
 
 
 def features():
@@ -72,13 +80,42 @@ def builder_class(name: str):
     return importlib.import_module(f"vitijax_datasets.{name}.{name}_dataset_builder").Builder
 
 
-def get_builder(name: str, *, data_dir: str = DEFAULT_DATA_DIR, config: Any = None, manual_dir: str | None = None):
-    """An instance of the named builder. ``config``: a config name or a BuilderConfig object."""
+def with_margin(cls, config: Any, margin: float | None):
+    """``config`` (a name or a BuilderConfig of ``cls``) cropping with ``margin``: itself when the margin is
+    its own, else a copy named ``<name>_margin<m>``, so that another margin is another data set (its own
+    folder), never a silent reuse of crops cut with a different rule."""
+    if margin is None:
+        return config
+    if config is None or isinstance(config, str):
+        name = config or cls.BUILDER_CONFIGS[0].name
+        known = {c.name: c for c in cls.BUILDER_CONFIGS}
+        if name not in known:
+            raise ValueError(f"{cls.name} has configs {', '.join(known)}, not {name!r}")
+        config = known[name]
+    if abs(float(config.crop_margin) - float(margin)) < 1e-9:
+        return config
+    return dataclasses.replace(config, name=f"{config.name}_margin{float(margin):g}", crop_margin=float(margin))
+
+
+def check_margin(builder, margin: float | None) -> None:
+    """Refuses a built data set whose crops were cut with another margin than ``margin``."""
+    stored = builder.info.metadata.get("crop_margin") if builder.info.metadata is not None else None
+    if margin is not None and (stored is None or abs(float(stored) - float(margin)) > 1e-9):
+        raise ValueError(f"data set {builder.name}/{builder.builder_config.name} in {builder.data_dir} was cropped "
+                         f"with margin {stored}, the run asks for {margin}; build it with "
+                         f"python -m launch.build_dataset --crop-margin {margin}")
+
+
+def get_builder(name: str, *, data_dir: str = DEFAULT_DATA_DIR, config: Any = None, manual_dir: str | None = None,
+                crop_margin: float | None = None):
+    """An instance of the named builder. ``config``: a config name or a BuilderConfig object;
+    ``crop_margin``: the crop rule's margin (:func:`with_margin`; None: the config's own)."""
     import tensorflow_datasets as tfds
 
     if not sys.stderr.isatty():  # a log file gets no progress-bar control characters
         tfds.disable_progress_bar()
     cls = builder_class(name)
+    config = with_margin(cls, config, crop_margin)
     kwargs: dict[str, Any] = {"data_dir": data_dir, "file_format": "array_record"}
     if config is not None:
         kwargs["config"] = config

@@ -70,7 +70,7 @@ def overlay(photo: np.ndarray, result, max_side: int = 1024) -> np.ndarray:
     from vitijax import face as face_lib
 
     box = result.crop_box
-    crop = face_lib.crop(photo, box)
+    crop = result.crop if result.crop is not None else face_lib.crop(photo, box)  # the chain's own cut
     face = face_lib.crop(result.face_mask, box)
     lesion = face_lib.crop(result.lesion_mask, box)
     scale = min(1.0, max_side / max(crop.shape[:2]))

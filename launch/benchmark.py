@@ -181,10 +181,10 @@ def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
 
     compile_cache.enable()
 
-    def seg(task):
+    def seg(task, mask_input):
         v = init_variables(DDRNet("23-slim", 2, True), jax.random.key(0), (64, 64))
         meta = {"model": "ddrnet", "variant": "23-slim", "num_classes": 2, "aux_head": True, "task": task,
-                "input": InputContract(size=(512, 512), mask_input=task == "lesion").to_meta()}
+                "input": InputContract(size=(512, 512), mask_input=mask_input).to_meta()}
         return Segmenter(v, meta, where=f"random {task} network")
 
     fb = FaceBoxNet()
@@ -195,7 +195,7 @@ def analyze_probe(photo_path: str, out_dir: str, repeats: int) -> dict:
                                           size=(320, 320), source="photo", normalisation="retinaface").to_meta()},
                             where="random face-box network")
     # face_mask_range None: a random face-mask network draws no face shape, and every stage must be timed
-    analyzer = Analyzer(seg("lesion"), face_mask.make("network", seg("face_mask")), box, face_mask_range=None)
+    analyzer = Analyzer(seg("lesion", True), face_mask.make("network", seg("face_mask", False)), box, face_mask_range=None)
     inp = [PhotoInput(photo_path, "bench", 0, "front")]
     t0 = time.perf_counter()
     row = analyze_batch(analyzer, inp, out_dir, False)[0]

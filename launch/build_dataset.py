@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--max-side", type=int, help="downscale stored crops above this side (pixels)")
     p.add_argument("--crop-margin", type=float, help="the crop rule's margin, a fraction of the face box's larger "
-                   "side (default 0.15, vitijax.contract); another margin is another data set, <config>_margin<m>, "
+                   "side (default: vitijax.contract.CROP_MARGIN); another margin is another data set, <config>_margin<m>, "
                    "which a run with input.margin=<m> finds")
     a = p.parse_args(argv)
 

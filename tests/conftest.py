@@ -69,7 +69,8 @@ def tiny_runs(tmp_path_factory) -> dict[str, str]:
         c = test.get_config()
         c.num_steps, c.eval_every, c.checkpoint_every = 40, 40, 40
         if name == "face_mask":  # long enough to learn the face (crop IoU ~0.8; all-face would score ~0.5)
-            c.input.update(label="face", mask_input=False)
+            c.task = "face_mask"
+            del c.input["mask_input"]  # the face-mask task takes the unmasked crop (and refuses the key)
             c.data.patients = 12
             c.num_steps, c.eval_every, c.checkpoint_every = 150, 150, 150
             c.optimizer.update(schedule="poly", warmup_steps=10, lr=3e-3)

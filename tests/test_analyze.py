@@ -26,8 +26,12 @@ def test_bundle_holds_every_network_and_refuses_what_it_is_not(bundle, tiny_runs
 
     parts, info = load_bundle(bundle)
     assert sorted(parts) == ["face_box", "face_mask", "lesion"]
-    assert parts["lesion"][1]["input"]["label"] == "vitiligo" and parts["face_mask"][1]["input"]["label"] == "face"
-    assert info["preprocessing"]["crop_margin"] == 0.15 and info["origins"]["lesion"]["config"]["model"]["variant"]
+    assert parts["lesion"][1]["task"] == "lesion" and parts["face_mask"][1]["task"] == "face_mask"
+    # every part carries its whole input contract
+    assert parts["lesion"][1]["input"] == {"size": [64, 64], "source": "crop", "margin": 0.15, "mask_input": True,
+                                           "normalisation": "imagenet", "detect_long_side": 640}
+    assert parts["face_box"][1]["input"]["source"] == "photo" and not parts["face_mask"][1]["input"]["mask_input"]
+    assert info["origins"]["lesion"]["config"]["model"]["variant"] == "23-tiny"
     with pytest.raises(CheckpointError, match="a training workdir, not an inference bundle"):
         load_bundle(tiny_runs["lesion"])
     with pytest.raises(CheckpointError, match="not an inference bundle"):
@@ -35,12 +39,12 @@ def test_bundle_holds_every_network_and_refuses_what_it_is_not(bundle, tiny_runs
     import vitijax
 
     monkeypatch.setattr(vitijax, "__version__", "0.9.0")
-    with pytest.raises(CheckpointError, match=r"bundle written by vitijax 0\.2\.0, this is vitijax 0\.9\.0"):
+    with pytest.raises(CheckpointError, match=r"bundle written by vitijax 0\.3\.0, this is vitijax 0\.9\.0"):
         load_bundle(bundle)
     monkeypatch.undo()
     # a face-mask run given as the lesion network is refused, by name
     assert export.main(["--workdir", tiny_runs["face_mask"], "--out", str(tmp_path / "b")]) == 2
-    assert "trained to segment 'face', expected 'vitiligo'" in capsys.readouterr().err
+    assert "a face-mask network where the lesion network was expected" in capsys.readouterr().err
 
 
 def test_follow_up_of_synthetic_patients(bundle, tmp_path):
@@ -152,7 +156,8 @@ def test_ground_truth_face_masks_from_a_manifest_paste_back_exactly(bundle, tmp_
     for p in data["photos"]:
         np.testing.assert_array_equal(_read_mask(out / p["outputs"] / "face_mask.png"), truths[p["patient"]])
         assert math.isfinite(p["ratio"])
-        assert face.crop_box(face.int_box(tuple(p["face_box"])))  # the box it used is recorded
+        # the crop it used is recorded, and it is the contract's crop of the recorded face box
+        assert tuple(p["crop_box"]) == face.crop_box(face.int_box(tuple(p["face_box"])), data["info"]["crop_margin"])
 
 
 def test_photo_inputs_from_layout_folders_files_and_a_manifest(tmp_path):

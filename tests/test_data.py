@@ -13,7 +13,15 @@ from PIL import Image
 from launch import build_dataset
 from vitijax import face
 from vitijax.data import folder, io, splits, synthetic, tfds_io
-from vitijax.data.pipeline import PipelineConfig, eval_batches, prepare, train_loader
+from vitijax import tasks
+from vitijax.contract import InputContract
+from vitijax.data.pipeline import Augment, eval_batches, train_loader
+
+LESION = tasks.get("lesion")
+
+
+def prepare(example, contract, aug=None, rng=None):
+    return LESION.prepare(example, contract, aug, rng)
 from vitijax.data.records import make_example
 
 
@@ -230,6 +238,24 @@ def test_synthetic_tfds_build_without_tensorflow(tmp_path):
     pid, visit, view = ex["patient"], int(ex["visit"]), ex["view"]
     s = synthetic.render(synthetic.make_patient(0, int(pid[1:])), visit, view, (192, 128))
     assert ex["ratio"] == pytest.approx(s.ratio, rel=1e-5)
+    # The build records its crop rule; another margin is another data set, never a silent reuse.
+    assert dict(b.info.metadata) == {"crop_margin": 0.15, "face_mask_source": "synthetic truth"}
+    with pytest.raises(ValueError, match=r"cropped with margin 0\.15, the run asks for 0\.3; build it with .*--crop-margin 0\.3"):
+        tfds_io.check_margin(b, 0.3)
+    from vitijax.data.sources import load_splits
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(dict(source="tfds", name="synthetic_uv_vitiligo", config="tiny",
+                                         data_dir=str(tmp_path), build_if_missing=False))
+    with pytest.raises(FileNotFoundError, match=r"synthetic_uv_vitiligo/tiny_margin0\.3 is not built .*--crop-margin 0\.3"):
+        load_splits(cfg, ["test"], margin=0.3)
+    assert build_dataset.main(["--name", "synthetic_uv_vitiligo", "--config", "tiny", "--data-dir", str(tmp_path),
+                               "--crop-margin", "0.3"]) == 0
+    wide = load_splits(cfg, ["test"], margin=0.3)["test"][0]
+    x0, y0, x1, y1 = (int(v) for v in wide["face_box"])
+    cx0, cy0, cx1, cy1 = (int(v) for v in wide["crop_box"])
+    assert cx1 - cx0 == round(max(x1 - x0, y1 - y0) * 1.6) == wide["image"].shape[0]
+    assert load_splits(cfg, ["test"])["test"][0]["image"].shape == ex["image"].shape  # the 0.15 build, untouched
 
 
 # --- pipelines ------------------------------------------------------------------------
@@ -246,10 +272,11 @@ def _examples(n=7):
 def test_augmentation_moves_image_and_masks_together():
     ex = _examples(1)[0]
     ex = {**ex, "image": np.repeat(ex["vitiligo_mask"][..., None] * 255, 3, -1).astype(np.uint8)}
-    cfg = PipelineConfig(input_size=(64, 64), mask_input=False, brightness=0, contrast=0, uv_tone=0, blur_prob=0)
+    cfg = InputContract(size=(64, 64), mask_input=False)
+    aug = Augment(brightness=0, contrast=0, uv_tone=0, blur_prob=0)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        out = prepare(ex, cfg, rng)
+        out = prepare(ex, cfg, aug, rng)
         bright = out["image"][..., 0] > 0.5
         lesion = out["label"] == 1
         assert (bright & lesion).sum() / max((bright | lesion).sum(), 1) > 0.8
@@ -258,20 +285,21 @@ def test_augmentation_moves_image_and_masks_together():
 def test_flip_swaps_left_and_right_views():
     ex = _examples(1)[0]
     assert ex["view"] == "left"
-    cfg = PipelineConfig(input_size=(64, 64), flip=True, scale_range=(1, 1), max_rotation_deg=0)
+    cfg = InputContract(size=(64, 64), mask_input=True)
+    aug = Augment(flip=True, scale_range=(1, 1), max_rotation_deg=0)
     views = set()
     for seed in range(8):
-        views.add(prepare(ex, cfg, np.random.default_rng(seed))["view"])
+        views.add(prepare(ex, cfg, aug, np.random.default_rng(seed))["view"])
     assert views == {"left", "right"}
 
 
 def test_eval_batches_yield_every_example_once_padded():
     src = _examples(7)
-    cfg = PipelineConfig(input_size=(32, 32))
+    cfg = InputContract(size=(32, 32), mask_input=True)
     seen = []
     counts = []
     for shard in range(2):
-        batches = list(eval_batches(src, cfg, 3, shard_index=shard, shard_count=2, keys=("patient",)))
+        batches = list(eval_batches(src, LESION, cfg, 3, shard_index=shard, shard_count=2, keys=("patient",)))
         counts.append(len(batches))
         for b in batches:
             seen += [int(i) for i, v in zip(b["index"], b["valid"]) if v]
@@ -281,15 +309,15 @@ def test_eval_batches_yield_every_example_once_padded():
 
 def test_train_loader_is_seeded_and_resumable():
     src = _examples(6)
-    cfg = PipelineConfig(input_size=(32, 32))
-    it = iter(train_loader(src, cfg, 2, seed=1))
+    cfg = InputContract(size=(32, 32), mask_input=True)
+    it = iter(train_loader(src, "lesion", cfg, Augment(), 2, seed=1))
     first = [next(it)["image"] for _ in range(2)]
     state = it.get_state()
     after = next(it)["image"]
-    again = iter(train_loader(src, cfg, 2, seed=1))
+    again = iter(train_loader(src, "lesion", cfg, Augment(), 2, seed=1))
     np.testing.assert_array_equal(next(again)["image"], first[0])
-    resumed = iter(train_loader(src, cfg, 2, seed=1))
+    resumed = iter(train_loader(src, "lesion", cfg, Augment(), 2, seed=1))
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["image"], after)
-    other = next(iter(train_loader(src, cfg, 2, seed=2)))["image"]
+    other = next(iter(train_loader(src, "lesion", cfg, Augment(), 2, seed=2)))["image"]
     assert not np.array_equal(other, first[0])

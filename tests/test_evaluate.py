@@ -78,6 +78,25 @@ def test_undefined_scores_are_nan_not_zero():
     assert np.isnan(metrics.f_vitiligo(0, 0))
 
 
+def test_icc_and_ccc_against_published_worked_examples():
+    """ICC(2,1) on Shrout & Fleiss (1979), Table 2 (6 targets x 4 judges): they report ICC(2,1) = .29.
+    Lin's CCC against Lin (1989)'s own decomposition rho_c = r x C_b, C_b = 2 / (v + 1/v + u^2),
+    v = s_x / s_y, u = (mean x - mean y) / sqrt(s_x s_y) (a route through the paper's accuracy
+    and precision factors, not the definition re-typed), and its limiting cases."""
+    table2 = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]])
+    assert round(agreement.icc_2_1(table2), 2) == 0.29
+    assert agreement.icc_2_1(table2) == pytest.approx(0.2898, abs=1e-4)
+    r = np.random.default_rng(4)
+    x = r.uniform(0, 20, 30)
+    y = 0.8 * x + 2.0 + r.normal(0, 1.0, 30)
+    sx, sy = x.std(), y.std()
+    v, u = sx / sy, (x.mean() - y.mean()) / np.sqrt(sx * sy)
+    cb = 2.0 / (v + 1.0 / v + u ** 2)
+    assert agreement.lins_ccc(x, y) == pytest.approx(sp_stats.pearsonr(x, y)[0] * cb, rel=1e-12)
+    assert agreement.lins_ccc(x, x) == pytest.approx(1.0) and agreement.lins_ccc(x, x + 1) < 1.0
+    assert agreement.lins_ccc(x, -x) == pytest.approx(-1.0 / (1.0 + 2 * x.mean() ** 2 / sx ** 2))
+
+
 def test_agreement_statistics_against_independent_computations():
     r = np.random.default_rng(1)
     true = r.uniform(0, 30, 40)

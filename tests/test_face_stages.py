@@ -9,7 +9,9 @@ import pytest
 from vitijax import face
 from vitijax.checkpoint import CheckpointError
 from vitijax.data import synthetic
-from vitijax.data.pipeline import PipelineConfig, box_to_photo, prepare_photo
+from vitijax.contract import InputContract
+from vitijax.data.pipeline import Augment, photo_example
+from vitijax.inputs import box_to_photo
 from vitijax.losses import box_iou_giou, box_loss
 from vitijax.evaluate import box_iou
 
@@ -78,14 +80,14 @@ def test_letterboxed_photo_maps_the_box_both_ways():
     photo = np.zeros((300, 500, 3), np.uint8)
     box = np.array([310.0, 60.0, 410.0, 200.0])
     photo[60:200, 310:410] = 255  # a white box where the face is
-    cfg = PipelineConfig(input_size=(160, 160), label="box", mask_input=False, scale_range=(0.7, 1.1),
-                         blur_prob=0.0, brightness=0.0, contrast=0.0, uv_tone=0.0)
-    plain = prepare_photo(photo, cfg, box)
+    contract = InputContract(size=(160, 160), source="photo", normalisation="retinaface")
+    aug = Augment(scale_range=(0.7, 1.1), blur_prob=0.0, brightness=0.0, contrast=0.0, uv_tone=0.0)
+    plain = photo_example(photo, contract, box)
     np.testing.assert_allclose(box_to_photo(plain["box"], plain["coeffs"], 160), box, atol=1e-3)
     # letterbox: 500 wide -> 160, so 300 high -> 96, centred: rows 32..128
     np.testing.assert_allclose(plain["box"] * 160, [310 * .32, 32 + 60 * .32, 410 * .32, 32 + 200 * .32], atol=1e-3)
     for _ in range(10):
-        out = prepare_photo(photo, cfg, box, rng)
+        out = photo_example(photo, contract, box, aug, rng)
         x0, y0, x1, y1 = np.round(out["box"] * 160).astype(int)
         white = out["image"][..., 0] > 0  # BGR minus mean: the white box is the only positive region
         rows, cols = np.flatnonzero(white.any(1)), np.flatnonzero(white.any(0))
@@ -192,7 +194,7 @@ def test_face_mask_network_source(tiny_runs):
         assert i / u > 0.55
         inter, union = inter + i, union + u
     assert inter / union > 0.7
-    with pytest.raises(CheckpointError, match="trained to segment 'vitiligo', not 'face'"):
+    with pytest.raises(CheckpointError, match="a lesion network where the face-mask network was expected"):
         NetworkFaceMask.load(tiny_runs["lesion"])
     with pytest.raises(CheckpointError, match="a ddrnet checkpoint, not the face-box network"):
         face.FaceBoxModel.load(tiny_runs["lesion"])

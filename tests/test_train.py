@@ -9,7 +9,7 @@ import subprocess
 import sys
 import json
 import textwrap
-import time
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,8 @@ def test_one_step_on_8_devices_equals_one_device():
         from launch.configs.test import get_config
         from vitijax import sharding
         from vitijax.optim import make_optimizer
-        from vitijax.train import compile_steps, create_train_state, make_model
+        from vitijax import tasks
+        from vitijax.train import compile_steps, create_train_state
         c = get_config()
         assert jax.device_count() == 8
         r = np.random.default_rng(0)
@@ -68,11 +69,12 @@ def test_one_step_on_8_devices_equals_one_device():
         out = {}
         for n in (1, 8):
             mesh = sharding.make_mesh(jax.devices()[:n])
-            model = make_model(c.model)
+            lesion = tasks.get("lesion")
+            model = lesion.build_model(lesion.model_meta(c.model))
             _, sched = make_optimizer(c.optimizer, 10)
             tx = optax.sgd(0.1)
             state = create_train_state(model, tx, (64, 64), 0, mesh)
-            step, _ = compile_steps(model, tx, c.loss, sched, mesh)
+            step, _ = compile_steps(lesion, model, tx, c.loss, sched, mesh)
             state, m = step(state, sharding.global_batch(batch, mesh))
             out[n] = (jax.device_get(state.params), jax.device_get(state.batch_stats), float(m["loss"]))
         rel = lambda i: max(float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()) for a, b in
@@ -132,14 +134,15 @@ def test_killed_run_resumes_to_the_same_params(tmp_path):
 
     wd = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.train_run", str(wd), str(tmp_path / "x.npz"),
-                             *args, "--step-sleep", "0.5"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (wd / "checkpoints" / "4").is_dir():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint at step 4 in time"
-        time.sleep(0.1)
+                             *args, "--hold-after", "4"],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(300, proc.kill)  # a hung run fails the test instead of hanging it
+    watchdog.start()
+    held = any(line.startswith("HOLD 4") for line in proc.stdout)  # blocks until the event (or the run's end)
+    watchdog.cancel()
+    assert held, "the run ended without completing the checkpoint of step 4"
+    assert (wd / "checkpoints" / "4").is_dir()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (wd / "checkpoints" / "8").exists()
@@ -264,7 +267,8 @@ def test_save_model_refuses_to_overwrite_a_step(tmp_path):
 def test_face_mask_network_is_scored_over_the_whole_crop(tmp_path):
     """Its label is the face mask; counting inside the face mask would leave no false positives."""
     c = _quiet_config()
-    c.input.label, c.input.mask_input = "face", False
+    c.task = "face_mask"
+    del c.input["mask_input"]
     c.num_steps = 1
     result = train_and_evaluate(c, str(tmp_path))
     rows = json.loads((tmp_path / "final_metrics.json").read_text())["per_image"]

@@ -4,7 +4,7 @@ Definitions (n paired values x_i, y_i; d_i = x_i - y_i):
   * Bland-Altman: bias = mean(d); limits of agreement = bias -+ 1.96 sd(d) (sd with n-1).
   * ICC(2,1) (Shrout & Fleiss; McGraw & Wong's ICC(A,1)): two-way random effects,
     absolute agreement, single rater, from the two-way ANOVA without replication:
-    (MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n), k = 2.
+    (MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n), here with k = 2.
   * Lin's concordance correlation: 2 s_xy / (s_x^2 + s_y^2 + (mean x - mean y)^2),
     moments with divisor n.
   * Pearson r.
@@ -32,9 +32,15 @@ def bland_altman(x, y) -> dict[str, float]:
 
 
 def icc_a1(x, y) -> float:
-    """ICC(2,1): two-way random, absolute agreement, single rater."""
+    """ICC(2,1) of two raters: two-way random, absolute agreement, single rater (:func:`icc_2_1`)."""
     x, y, _ = _pairs(x, y)
-    data = np.stack([x, y], 1)
+    return icc_2_1(np.stack([x, y], 1))
+
+
+def icc_2_1(ratings) -> float:
+    """ICC(2,1) (Shrout & Fleiss 1979) of ``ratings`` [n targets, k raters], from the two-way ANOVA
+    without replication; NaN with fewer than two targets."""
+    data = np.asarray(ratings, np.float64)
     n, k = data.shape
     if n < 2:
         return float("nan")

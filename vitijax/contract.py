@@ -66,7 +66,8 @@ class InputContract:
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any] | None, where: str) -> "InputContract":
         """From a model's stored ``input``. Models saved before the contract (vitijax 0.2) stored only
-        size, mask_input and label: they were all trained on 0.15 crops, which is filled in."""
+        size and mask_input: they were all trained on crops with the default margin, which is filled in
+        (a task fills in what else its old models left out, ``tasks.load``)."""
         from vitijax.checkpoint import CheckpointError
 
         if not meta or "size" not in meta:
@@ -75,8 +76,6 @@ class InputContract:
                                   "fine-tune it with launch.train, whose best/ records the input)")
         fields = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in meta.items() if k in fields}
-        if "source" not in meta and meta.get("label") == "box":  # a vitijax 0.2 face-box network
-            known.update(source="photo", normalisation="retinaface")
         try:
             return cls(**{**known, "size": tuple(known["size"])})
         except (TypeError, ValueError) as e:

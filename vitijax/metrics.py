@@ -16,6 +16,7 @@ mIoU is the mean of the lesion IoU and the non-lesion IoU over the same region.
 from __future__ import annotations
 
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,8 @@ def confusion_counts(pred: jax.Array, label: jax.Array, region: jax.Array | None
     Pixels where ``region`` [b, h, w] is 0, or ``label == ignore_index``, are
     not counted. Returns int32 [b, 4].
     """
+    chex.assert_equal_shape([pred, label] + ([] if region is None else [region]))
+    chex.assert_rank(pred, 3)
     valid = label != ignore_index
     if region is not None:
         valid = valid & (region > 0)

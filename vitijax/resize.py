@@ -10,6 +10,7 @@ downsampling. A 1x1 source (DAPPM's global pooling branch) is a broadcast.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +22,7 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
     The dtype is kept; the arithmetic runs in ``x``'s dtype.
     """
+    chex.assert_rank(x, 4)
     b, h, w, c = x.shape
     out_h, out_w = int(size[0]), int(size[1])
     if (h, w) == (out_h, out_w):

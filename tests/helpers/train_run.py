@@ -1,14 +1,17 @@
 """Runs launch/configs/test.py in this process and writes the final params to OUT.npz.
 
 Used by the multi-process and kill-and-resume tests:
-    python -m tests.helpers.train_run WORKDIR OUT.npz [--steps N] [--ckpt-every K] [--step-sleep S]
+    python -m tests.helpers.train_run WORKDIR OUT.npz [--steps N] [--ckpt-every K] [--hold-after STEP]
         [--eval-every E] [--coordinator HOST:PORT --num-processes N --process-id I]
+
+``--hold-after STEP``: once the checkpoint of STEP is complete on disk, print "HOLD STEP" and block on
+stdin, so that a test can kill the run at a known point (an event, not a guess of timing).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 
 import jax
 import numpy as np
@@ -22,7 +25,7 @@ def main():
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--ckpt-every", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--hold-after", type=int)
     p.add_argument("--coordinator")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -35,14 +38,17 @@ def main():
     if a.coordinator:
         c.distributed.update(coordinator_address=a.coordinator, num_processes=a.num_processes,
                              process_id=a.process_id, cpu_collectives=True)
-    if a.step_sleep:  # slow the loop down so a test can kill it between checkpoints
-        original = train.Progress.update
+    if a.hold_after:
+        original = train.TrainCheckpoints.save
 
-        def slow(self, step, images):
-            time.sleep(a.step_sleep)
-            return original(self, step, images)
+        def save_then_hold(self, step, *args, **kwargs):
+            original(self, step, *args, **kwargs)
+            if step == a.hold_after:
+                self.wait()  # the step's directory is complete on disk
+                print(f"HOLD {step}", flush=True)
+                sys.stdin.readline()  # until the test kills this process
 
-        train.Progress.update = slow
+        train.TrainCheckpoints.save = save_then_hold
     result = train.train_and_evaluate(c, a.workdir)
     params = jax.device_get(result["state"].params)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}

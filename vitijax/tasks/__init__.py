@@ -68,4 +68,7 @@ def load(meta: Mapping[str, Any], where: str, expect: str | None = None):
     if name not in TASKS:
         raise CheckpointError(f"{where}: a model of unknown task {name!r}")
     task = get(name)
-    return task, task.build_model(meta), InputContract.from_meta(meta.get("input"), where)
+    stored = meta.get("input")
+    if stored and "source" not in stored:  # saved by vitijax 0.2, before the contract: the task's own kind of input
+        stored = {**task.contract({"size": stored["size"]}).to_meta(), **stored}
+    return task, task.build_model(meta), InputContract.from_meta(stored, where)

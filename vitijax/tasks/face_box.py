@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import chex
 import jax
 import numpy as np
 
@@ -91,6 +92,8 @@ def blank(contract) -> dict[str, np.ndarray]:
 
 def loss(outputs, batch, loss_cfg):
     box, presence = outputs
+    chex.assert_shape([box, batch["box"]], (batch["image"].shape[0], 4))
+    chex.assert_shape([presence, batch["present"]], (batch["image"].shape[0],))
     return box_loss(box, batch["box"], presence, batch["present"], l1_weight=loss_cfg.get("l1_weight", 5.0),
                     giou_weight=loss_cfg.get("giou_weight", 2.0), presence_weight=loss_cfg.get("presence_weight", 1.0))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,8 @@ SELECTION_KEY = "dice"
 
 
 def model_meta(model_cfg) -> dict[str, Any]:
-    return {"model": "ddrnet", "variant": model_cfg.variant, "num_classes": int(model_cfg.num_classes),
-            "aux_head": bool(model_cfg.aux_head)}
+    return {"model": "ddrnet", "variant": model_cfg["variant"], "num_classes": int(model_cfg["num_classes"]),
+            "aux_head": bool(model_cfg["aux_head"])}
 
 
 def build_model(meta: Mapping[str, Any], dtype: str = "float32") -> DDRNet:
@@ -57,6 +58,9 @@ def blank(contract) -> dict[str, np.ndarray]:
 
 
 def loss(outputs, batch, loss_cfg):
+    """OHEM cross-entropy of the main (+ aux) head's logits [b, h/8, w/8, c] against 'label' [b, h, w]."""
+    chex.assert_rank([batch["image"], batch["label"]], [4, 3])
+    chex.assert_equal_shape_prefix([batch["image"], batch["label"]], 3)
     return ddrnet_loss(outputs, batch["label"], aux_weight=loss_cfg.aux_weight, thresh=loss_cfg.thresh,
                        min_kept=loss_cfg.min_kept, ignore_index=loss_cfg.ignore_index,
                        class_weights=loss_cfg.get("class_weights"))
@@ -65,6 +69,8 @@ def loss(outputs, batch, loss_cfg):
 def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> dict[str, jax.Array]:
     """Per-image counts of the main head's decision inside the batch's region 'face' [b, h, w] and over
     the crop: 'face' and 'crop' [b, 4] (tp, fp, fn, tn), 'pred' [b, h, w] uint8, 'valid', 'index'."""
+    chex.assert_equal_shape([batch["label"], batch["face"]])
+    chex.assert_equal_shape_prefix([batch["image"], batch["label"]], 3)
     out = model.apply(variables, batch["image"], train=False)
     main = out[0] if isinstance(out, tuple) else out
     probs = resize_bilinear(jax.nn.softmax(main.astype(jnp.float32), axis=-1), batch["label"].shape[1:3])

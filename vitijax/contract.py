@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from vitijax.checkpoint import CheckpointError
+
 CROP_MARGIN = 0.15  # the default crop margin: a fraction of the face box's larger side, on every side
 DETECT_LONG_SIDE = 640  # pixels: the photo's long side as RetinaFace sees it
 SOURCES = ("crop", "photo")  # the face crop (lesion, face-mask networks) or the whole photo (face-box network)
@@ -36,7 +38,6 @@ def check_keys(cfg: Mapping[str, Any], allowed, where: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class InputContract:
     """What one network consumes. ``size`` (h, w) in pixels, multiples of 8; ``margin`` a fraction."""
-
     size: tuple[int, int]
     source: str = "crop"  # "crop": the square face crop stretched to size; "photo": the photo letterboxed
     margin: float = CROP_MARGIN
@@ -68,7 +69,6 @@ class InputContract:
         """From a model's stored ``input``. Models saved before the contract (vitijax 0.2) stored only
         size and mask_input: they were all trained on crops with the default margin, which is filled in
         (a task fills in what else its old models left out, ``tasks.load``)."""
-        from vitijax.checkpoint import CheckpointError
 
         if not meta or "size" not in meta:
             raise CheckpointError(f"{where}: its meta does not say what input the network was trained on "

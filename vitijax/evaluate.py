@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vitijax import metrics, sharding
+from vitijax import tasks
 from vitijax.agreement import agreement
 from vitijax.data.pipeline import eval_batches
 
@@ -39,7 +40,6 @@ def run_rows(ev_step, variables, source: Sequence[dict], task_name: str, contrac
     (each output of the step at that example) and ``item``: the example fields
     ``keys`` and the task's ``HOST_KEYS`` of its prepared arrays.
     """
-    from vitijax import tasks
 
     task = tasks.get(task_name)
     local = global_batch // jax.process_count()

@@ -30,9 +30,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 import numpy as np
 
+from vitijax import tasks
+from vitijax.checkpoint import CheckpointError, load_model, resolve_model_dir
 from vitijax.contract import CROP_MARGIN, DETECT_LONG_SIDE
+from vitijax.data.io import downscale
+from vitijax.inputs import box_to_photo, photo_input
+from vitijax.models import retinaface
 
 Box = tuple[int, int, int, int]
 
@@ -49,10 +55,6 @@ class Detection:
 
 @functools.lru_cache(maxsize=1)
 def _detector():
-    import jax
-
-    from vitijax.models import retinaface
-
     variables = jax.device_put(retinaface.pretrained_variables())
     model = retinaface.RetinaFace()
     return variables, jax.jit(lambda v, x: model.apply(v, x))
@@ -66,8 +68,6 @@ def detect(image: np.ndarray, *, long_side: int = DETECT_LONG_SIDE, score_thresh
     (in the network's mean-subtracted space) to multiples of 32, so photos of
     one size share one compilation.
     """
-    from vitijax.data.io import downscale
-    from vitijax.models import retinaface
 
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"detect expects an RGB image [h, w, 3], got shape {image.shape}")
@@ -102,11 +102,6 @@ class FaceBoxModel:
     """
 
     def __init__(self, variables: dict, meta: dict, *, where: str):
-        import jax
-
-        from vitijax import tasks
-        from vitijax.checkpoint import CheckpointError
-
         if meta.get("model") != "facebox":
             raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not the face-box network "
                                   "(train one with launch/configs/face_box.py)")
@@ -122,15 +117,11 @@ class FaceBoxModel:
     @classmethod
     def load(cls, model_dir: str) -> "FaceBoxModel":
         """From a model checkpoint directory (or a training workdir, whose ``best/`` is taken)."""
-        from vitijax.checkpoint import load_model, resolve_model_dir
-
         directory = resolve_model_dir(model_dir)
         variables, meta = load_model(directory)
         return cls(variables, meta, where=directory)
 
     def __call__(self, image: np.ndarray) -> Detection:
-        from vitijax.inputs import box_to_photo, photo_input
-
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"the face-box network expects an RGB image [h, w, 3], got shape {image.shape}")
         x, coeffs = photo_input(np.asarray(image, np.uint8), self.contract)

@@ -34,13 +34,13 @@ from vitijax import face as face_lib
 from vitijax import tasks
 from vitijax.metrics import foreground
 from vitijax.resize import resize_host
+from vitijax.segmenter import Segmenter
 
 SOURCES = ("network", "ellipse", "ground_truth")
 
 
 class NetworkFaceMask:
     """The face-mask network (a :class:`vitijax.segmenter.Segmenter` trained with label "face")."""
-
     name = "network"
 
     def __init__(self, segmenter):
@@ -49,8 +49,6 @@ class NetworkFaceMask:
 
     @classmethod
     def load(cls, model_dir: str) -> "NetworkFaceMask":
-        from vitijax.segmenter import Segmenter
-
         return cls(Segmenter.load(model_dir, expect="face_mask"))
 
     def __call__(self, photos, crop_boxes, detections=None, truths=None, crops=None) -> list[np.ndarray]:
@@ -63,7 +61,6 @@ class NetworkFaceMask:
 
 class EllipseFaceMask:
     """An ellipse inscribed in the detection's box (needs a detection), turned with its eye line."""
-
     name = "ellipse"
 
     def __call__(self, photos, crop_boxes, detections=None, truths=None, crops=None) -> list[np.ndarray]:
@@ -98,7 +95,6 @@ def ellipse_mask(hw: tuple[int, int], box, landmarks=None) -> np.ndarray:
 
 class GroundTruthFaceMask:
     """The annotated face mask (``truth``, the full photo's [h, w]) cut to the crop."""
-
     name = "ground_truth"
 
     def __call__(self, photos, crop_boxes, detections=None, truths=None, crops=None) -> list[np.ndarray]:

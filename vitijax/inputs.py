@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vitijax.contract import InputContract
+from vitijax.models.retinaface import preprocess
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # ImageNet RGB mean, on [0, 1]
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -83,7 +84,6 @@ def forward(coeffs) -> np.ndarray:
 def normalise(x: np.ndarray, contract: InputContract) -> np.ndarray:
     """RGB float [h, w, 3] on [0, 255] -> the network's float32 input [h, w, 3] (see the module doc)."""
     if contract.normalisation == "retinaface":
-        from vitijax.models.retinaface import preprocess
 
         return preprocess(x)[0].astype(np.float32)
     return ((x / 255.0 - MEAN) / STD).astype(np.float32)

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from vitijax import inputs, tasks
+from vitijax.checkpoint import CheckpointError, load_model, resolve_model_dir
 from vitijax.metrics import foreground
 from vitijax.resize import resize_host
 
@@ -43,8 +44,6 @@ class Segmenter:
     "face_mask") refuses a network of another task; ``where`` names the checkpoint in messages."""
 
     def __init__(self, variables: dict, meta: dict, *, where: str, expect: str | None = None):
-        from vitijax.checkpoint import CheckpointError
-
         if meta.get("model") != "ddrnet":
             raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not a DDRNet")
         self.task, model, self.contract = tasks.load(meta, where, expect)
@@ -60,8 +59,6 @@ class Segmenter:
     @classmethod
     def load(cls, model_dir: str, *, expect: str | None = None) -> "Segmenter":
         """From a model checkpoint directory (or a training workdir, whose ``best/`` is taken)."""
-        from vitijax.checkpoint import load_model, resolve_model_dir
-
         directory = resolve_model_dir(model_dir)
         variables, meta = load_model(directory)
         return cls(variables, meta, where=directory, expect=expect)

@@ -35,9 +35,11 @@ import jax.numpy as jnp
 import optax
 
 from vitijax import compile_cache, sharding
+from vitijax import tasks
+from vitijax.contract import check_keys
 from vitijax import evaluate as evaluation
 from vitijax.checkpoint import TrainCheckpoints, load_model, read_meta, save_model
-from vitijax.data.pipeline import train_loader
+from vitijax.data.pipeline import Augment, train_loader
 from vitijax.data.sources import load_splits
 from vitijax.optim import make_optimizer
 from vitijax.run_log import MetricWriter, Progress
@@ -71,9 +73,6 @@ OPTIMIZER_KEYS = ("lr", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_s
 def configure(config):
     """(task module, InputContract, Augment) of a training config, after checking every key: one the
     task does not take (a misspelling, or a setting of another task) raises ``ValueError`` naming it."""
-    from vitijax import tasks
-    from vitijax.contract import InputContract, check_keys  # noqa: F401
-    from vitijax.data.pipeline import Augment
 
     check_keys(config, TOP_KEYS, "config")
     task = tasks.get(config.task)

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from vitijax import inputs
+from vitijax import tasks
 from vitijax.contract import InputContract
 
 FLIPPED_VIEW = {"left": "right", "right": "left", "front": "front"}
@@ -35,7 +36,6 @@ FLIPPED_VIEW = {"left": "right", "right": "left", "front": "front"}
 @dataclasses.dataclass(frozen=True)
 class Augment:
     """How training examples are perturbed (``config.augment``); evaluation and inference use none."""
-
     flip: bool = True
     scale_range: tuple[float, float] = (0.8, 1.25)
     max_rotation_deg: float = 10.0  # crops only: a rotated box's hull is not a face box
@@ -155,8 +155,6 @@ class _TrainMap(grain.RandomMapTransform):
         self.task, self.contract, self.aug = task, contract, aug
 
     def random_map(self, element, rng: np.random.Generator):
-        from vitijax import tasks
-
         task = tasks.get(self.task)
         out = task.prepare(element, self.contract, self.aug, rng)
         return {k: out[k] for k in task.TRAIN_KEYS}

@@ -11,7 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+import jax
+
 from vitijax.contract import CROP_MARGIN
+from vitijax.data import synthetic, tfds_io
+from vitijax.data.records import make_example
+from vitijax.data.splits import fraction_split
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +32,6 @@ def load_splits(data_cfg, splits: Sequence[str], margin: float = CROP_MARGIN) ->
 
 
 def _tfds_splits(data_cfg, splits, margin):
-    import jax
-
-    from vitijax.data import tfds_io
-
     builder = tfds_io.get_builder(data_cfg.name, data_dir=data_cfg.data_dir, config=data_cfg.get("config"),
                                   manual_dir=data_cfg.get("manual_dir"), crop_margin=margin)
     config_name = builder.builder_config.name
@@ -56,10 +57,6 @@ def _tfds_splits(data_cfg, splits, margin):
 
 
 def _memory_splits(data_cfg, splits, margin):
-    from vitijax.data import synthetic
-    from vitijax.data.records import make_example
-    from vitijax.data.splits import fraction_split
-
     seed, n = int(data_cfg.seed), int(data_cfg.patients)
     ids = [synthetic.make_patient(seed, i).patient_id for i in range(n)]
     by_split = fraction_split(ids, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction, seed=seed)

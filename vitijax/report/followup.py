@@ -1,7 +1,6 @@
 """What ``launch.analyze`` writes: per-photo masks and overlays, and the treatment follow-up per patient.
 
 Layout of ``OUT``::
-
     index.html                 every patient, every photo that could not be analysed and why
     results.csv, results.json  one row per photo (ratio, change from the first visit, flags, files)
     photos/<patient>/v<visit>_<view>/
@@ -26,6 +25,7 @@ the input is escaped in HTML.
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import json
 import math
@@ -36,7 +36,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from vitijax import face as face_lib
 from vitijax.data.io import downscale, write_png
+from vitijax.report.figures import VIEW_ORDER, plt
 from vitijax.report.overlay import GREEN, YELLOW, fit_height, grid, outlines
 
 COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "needs_review", "review_reasons",
@@ -52,7 +54,6 @@ def safe_name(name: str) -> str:
     """A file-system-safe, collision-free folder name for a patient id or view: letters, digits, _ . - kept,
     the rest replaced by _, plus a short hash of the original when anything was replaced (so "a b" and
     "a_b" stay apart) and never a name of dots only."""
-    import hashlib
 
     name = str(name)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100]
@@ -67,8 +68,6 @@ def photo_dir(out: str, patient: str, visit: int, view: str) -> str:
 
 def overlay(photo: np.ndarray, result, max_side: int = 1024) -> np.ndarray:
     """The face crop [<= max_side] with lesions tinted green and outlined, and the face outline in yellow."""
-    from vitijax import face as face_lib
-
     box = result.crop_box
     crop = result.crop if result.crop is not None else face_lib.crop(photo, box)  # the chain's own cut
     face = face_lib.crop(result.face_mask, box)
@@ -151,8 +150,6 @@ def _fmt(v, spec=".2f") -> str:
 
 def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) -> None:
     """F-Vitiligo over visits, one line per view (matplotlib, Agg)."""
-    from vitijax.report.figures import VIEW_ORDER, plt
-
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     views = sorted({str(r["view"]) for r in rows}, key=lambda v: (VIEW_ORDER.index(v) if v in VIEW_ORDER else 9, v))
     plotted = 0

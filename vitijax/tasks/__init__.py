@@ -28,6 +28,9 @@ import importlib
 from types import ModuleType
 from typing import Any, Mapping
 
+from vitijax.checkpoint import CheckpointError
+from vitijax.contract import InputContract
+
 TASKS = ("lesion", "face_mask", "face_box")
 
 
@@ -49,8 +52,6 @@ def name_of(meta: Mapping[str, Any]) -> str:
 
 def require(name: str, expect: str | None, where: str) -> None:
     """Refuses (``CheckpointError`` naming ``where``) a network of task ``name`` where ``expect`` is needed."""
-    from vitijax.checkpoint import CheckpointError
-
     if expect is not None and name != expect:
         raise CheckpointError(f"{where}: a {name.replace('_', '-')} network where the "
                               f"{expect.replace('_', '-')} network was expected")
@@ -60,8 +61,6 @@ def load(meta: Mapping[str, Any], where: str, expect: str | None = None):
     """(task module, model, input contract) of a stored model's ``meta``: the one way every consumer
     (Segmenter, FaceBoxModel, launch.evaluate, launch.export) rebuilds a network and what it consumes.
     ``expect`` refuses a model of another task, naming ``where``."""
-    from vitijax.checkpoint import CheckpointError
-    from vitijax.contract import InputContract
 
     name = name_of(meta)
     require(name, expect, where)

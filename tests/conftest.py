@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+import launch  # noqa: F401  first: the entry points' XLA default, set before JAX starts, as in every command
 from vitijax import compile_cache
 
 compile_cache.enable()

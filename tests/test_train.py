@@ -188,7 +188,9 @@ def test_run_writes_what_a_user_opens(tmp_path, capsys):
     from vitijax.checkpoint import load_model
 
     _, meta = load_model(tmp_path / "best")  # what evaluate/analyze need to apply the model
-    assert meta["input"] == {"size": [64, 64], "mask_input": True, "label": "vitiligo"} and meta["step"] == 2
+    assert meta["task"] == "lesion" and meta["step"] == 2
+    assert meta["input"] == {"size": [64, 64], "source": "crop", "margin": 0.15, "mask_input": True,
+                             "normalisation": "imagenet", "detect_long_side": 640}
 
 
 def test_workdir_with_a_best_model_but_no_checkpoint_reruns(tmp_path):

@@ -79,42 +79,6 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-PRESENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-
-
-def summarize_boxes(rows: Sequence[Mapping[str, Any]], presence_threshold: float = 0.5) -> dict[str, Any]:
-    """Over the photos with a face: mean IoU, recall at IoU 0.5 and 0.75, the fraction of crops holding the
-    whole face (overall and by view). Face presence at ``presence_threshold``: ``face_found`` (share of
-    photos with a face scoring at or above it) and ``no_face_rejected`` (share of no-face photos scoring
-    below it), per negative kind, and both over :data:`PRESENCE_THRESHOLDS` (the measurement a threshold
-    is chosen from)."""
-    pos = [r for r in rows if r.get("face_present", True)]
-    neg = [r for r in rows if not r.get("face_present", True)]
-
-    def block(rs):
-        iou = np.array([r["iou"] for r in rs], np.float64)
-        return {"images": len(rs), "iou": float(iou.mean()), "recall_50": float((iou >= 0.5).mean()),
-                "recall_75": float((iou >= 0.75).mean()),
-                "crop_holds_face": float(np.mean([r["crop_holds_face"] for r in rs]))}
-    if not pos:
-        return {"images": 0}
-    views = sorted({str(r.get("view", "")) for r in pos})
-    out = {**block(pos), "by_view": {v: block([r for r in pos if str(r.get("view", "")) == v]) for v in views}}
-    if neg and all("presence" in r for r in rows):
-        ps, ns = np.array([r["presence"] for r in pos]), np.array([r["presence"] for r in neg])
-        out["presence_threshold"] = presence_threshold
-        out["face_found"] = float((ps >= presence_threshold).mean())
-        out["no_face_rejected"] = float((ns < presence_threshold).mean())
-        out["no_face_images"] = len(neg)
-        kinds = sorted({r["negative_kind"] for r in neg})
-        out["no_face_rejected_by_kind"] = {
-            k: float(np.mean([r["presence"] < presence_threshold for r in neg if r["negative_kind"] == k]))
-            for k in kinds}
-        out["presence_sweep"] = [{"threshold": t, "face_found": float((ps >= t).mean()),
-                                  "no_face_rejected": float((ns < t).mean())} for t in PRESENCE_THRESHOLDS]
-    return out
-
-
 def image_row(index: int, ids: Mapping[str, Any], face_counts, crop_counts) -> dict[str, Any]:
     """One per-image row: identifiers (``ID_KEYS``; ``ratio`` is the stored full-resolution truth),
     counts in the region (tp, fp, fn, tn) and over the crop (crop_*), scores, ratios and their errors."""

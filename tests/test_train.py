@@ -299,3 +299,18 @@ def test_schedules_and_weight_decay_mask():
     new = optax.apply_updates(params, upd)
     np.testing.assert_allclose(new["conv"]["kernel"], 1 - 1e-3 * 0.01, rtol=1e-6)
     np.testing.assert_array_equal(new["conv"]["bias"], 1.0)
+
+
+def test_grain_workers_train_on_a_built_data_set(tmp_path):
+    """worker_count=2 on a real TFDS build (what paper.py ships with): grain's worker processes import the
+    builder modules (vitijax.datasets) when they unpickle the data source, and the run trains."""
+    from launch.configs import synthetic as synthetic_cfg
+
+    c = synthetic_cfg.get_config()
+    c.model.variant = "23-tiny"
+    c.data.update(config="tiny", data_dir=str(tmp_path / "tfds"))
+    c.input.update(size=(64, 64), worker_count=2)
+    c.loss.min_kept = 2000
+    c.batch_size, c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 1, 0, 0
+    result = train_and_evaluate(c, str(tmp_path / "run"))
+    assert result["step"] == 2 and result["test"]["images"] == 6  # the tiny set's one test patient x 2 x 3

@@ -1,6 +1,6 @@
 """The examples a run trains and evaluates on, by split, from its config's ``data`` block.
 
-``source = "tfds"``: a TFDS builder of ``datasets/`` (built on first use if
+``source = "tfds"``: a TFDS builder of ``vitijax/datasets/`` (built on first use if
 ``build_if_missing``), read with ``as_data_source``. ``source = "memory"``:
 the synthetic generator rendered in-process (tests and quick checks; same
 examples, no files).

@@ -1,4 +1,4 @@
-"""The TFDS side of vitijax: the stored features, and loading the builders in ``datasets/``.
+"""The TFDS side of vitijax: the stored features, and loading the builders in ``vitijax/datasets/``.
 
 TensorFlow is neither installed nor imported: the builders write
 ``array_record`` files and yield PNG *bytes*, and reading goes through
@@ -12,14 +12,13 @@ import importlib
 import os
 import pathlib
 import sys
-import types
 from typing import Any
 
 import numpy as np
 
 from vitijax.data.io import encode_png
 
-DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / "datasets"
+DATASETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets"
 DEFAULT_DATA_DIR = os.path.join("data", "tfds")
 
 
@@ -63,21 +62,16 @@ def encode(example: dict[str, Any]) -> dict[str, Any]:
 
 
 def builder_class(name: str):
-    """The builder class defined in ``datasets/<name>/<name>_dataset_builder.py``.
+    """The builder class defined in ``vitijax/datasets/<name>/<name>_dataset_builder.py``.
 
-    ``datasets/`` is imported as the namespace package ``vitijax_datasets``
-    (not ``datasets``, which would clash with Hugging Face's package).
+    The builders are a subpackage of vitijax (not a top-level ``datasets``, which would clash with
+    Hugging Face's), importable in every process: grain's workers unpickle sources made from them.
     """
     path = DATASETS_DIR / name / f"{name}_dataset_builder.py"
     if not path.is_file():
         known = sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir()) if DATASETS_DIR.is_dir() else []
         raise ValueError(f"no TFDS builder {name!r} at {path}; known: {', '.join(known) or 'none'}")
-    if "vitijax_datasets" not in sys.modules:
-        package = types.ModuleType("vitijax_datasets")
-        package.__path__ = [str(DATASETS_DIR)]
-        package.__file__ = str(DATASETS_DIR / "__init__.py")  # TFDS locates resources from it
-        sys.modules["vitijax_datasets"] = package
-    return importlib.import_module(f"vitijax_datasets.{name}.{name}_dataset_builder").Builder
+    return importlib.import_module(f"vitijax.datasets.{name}.{name}_dataset_builder").Builder
 
 
 def with_margin(cls, config: Any, margin: float | None):
@@ -93,7 +87,7 @@ def with_margin(cls, config: Any, margin: float | None):
             raise ValueError(f"{cls.name} has configs {', '.join(known)}, not {name!r}")
         config = known[name]
     if abs(float(config.crop_margin) - float(margin)) < 1e-9:
-        return config
+        return config.name if any(config is c for c in cls.BUILDER_CONFIGS) else config
     return dataclasses.replace(config, name=f"{config.name}_margin{float(margin):g}", crop_margin=float(margin))
 
 

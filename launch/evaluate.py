@@ -86,9 +86,9 @@ def run_model(a) -> int:
         region = ex["face"]
         return img, preds[row["index"]], ex["label"].astype(np.uint8), (None if region.all() else region)
 
-    paths = write_report(a.out, rows, summary, title=f"vitijax evaluation: {name}/{split}",
-                         overlay_source=overlay, max_overlays=a.max_overlays)
-    _print(summary, paths)
+    paths = write_report(a.out, rows, summary, title=f"vitijax evaluation: {task.describe(meta)} ({task.NAME}) on "
+                         f"{name}/{split}", overlay_source=overlay, max_overlays=a.max_overlays, report=task.REPORT)
+    _print(summary, paths, task.REPORT)
     return 0
 
 
@@ -273,10 +273,14 @@ def run_masks(a) -> int:
     return 0
 
 
-def _print(summary, paths) -> None:
-    from vitijax.report.html import table1_markdown
+def _print(summary, paths, report=None) -> None:
+    from vitijax.report.html import LESION_REPORT, table1_markdown
 
-    print(table1_markdown(summary))
+    report = report or LESION_REPORT
+    print(table1_markdown(summary, report))
+    if not report["ratio"]:
+        print(f"report: {paths['index']}")
+        return
     ag, r = summary["agreement"], summary["ratio"]
     print(f"F-Vitiligo: MAE {r['mae']:.3f} pp, bias {ag['bland_altman_bias']:+.3f} pp, 95% LoA "
           f"{ag['bland_altman_loa_low']:+.3f} to {ag['bland_altman_loa_high']:+.3f}, ICC(2,1) {ag['icc_a1']:.4f}, "

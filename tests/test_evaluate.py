@@ -200,6 +200,20 @@ def test_model_mode_on_a_built_data_set(tmp_path, capsys):
                                "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "ev2")])
     assert wrong == 2 and "no such checkpoint directory" in capsys.readouterr().err
 
+    # A face-mask network's report speaks of the face class over the crop, with no F-Vitiligo and no lesion Table 1.
+    c.task = "face_mask"
+    del c.input["mask_input"]
+    train_and_evaluate(c, str(tmp_path / "face_run"))
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "face_run"), "--data", "synthetic_uv_vitiligo:tiny/test",
+                              "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "ev_face")]) == 0
+    out = capsys.readouterr().out
+    page = (tmp_path / "ev_face" / "index.html").read_text()
+    for text in (out, page, (tmp_path / "ev_face" / "table1.md").read_text()):
+        assert "for the face class, over the whole face crop" in text
+        assert "lesion" not in text and "F-Vitiligo" not in text and "Lee et al." not in text
+    assert not (tmp_path / "ev_face" / "bland_altman.png").exists()
+
 
 def test_summary_counts_undefined_ratios():
     rows = [{"patient": "A", "view": "front", "tp": 5, "fp": 1, "fn": 2, "tn": 20, "ratio_pred": 21.4,

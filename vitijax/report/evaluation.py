@@ -52,9 +52,11 @@ def overlay_panels(image: np.ndarray, pred: np.ndarray, true: np.ndarray, face: 
 
 def write_report(out: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], *, title: str,
                  overlay_source: Callable[[Mapping[str, Any]], tuple] | None = None,
-                 max_overlays: int = 200, extra_html: str = "") -> dict[str, str]:
+                 max_overlays: int = 200, extra_html: str = "",
+                 report: Mapping[str, Any] = html_report.LESION_REPORT) -> dict[str, str]:
     """Writes the report; ``overlay_source(row)`` gives (image, pred, true, face) arrays for a row's overlay;
-    ``extra_html`` (already escaped) goes above Table 1.
+    ``extra_html`` (already escaped) goes above Table 1; ``report`` (a task's REPORT) says what is scored
+    (without F-Vitiligo, no Bland-Altman plot is drawn).
 
     Returns the paths written, by kind.
     """
@@ -70,10 +72,13 @@ def write_report(out: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
                                     "recall", "ratio_true_mean", "ratio_pred_mean", "ratio_mae",
                                     "ratio_mean_signed_error"))
     with open(paths["table1"], "w") as f:
-        f.write(html_report.table1_markdown(summary))
-    figures.bland_altman_plot([r["ratio_pred"] for r in rows], [r["ratio_true"] for r in rows],
-                              {k.replace("bland_altman_", ""): v for k, v in summary["agreement"].items()
-                               if k.startswith("bland_altman_")}, paths["bland_altman"])
+        f.write(html_report.table1_markdown(summary, report))
+    if report["ratio"]:
+        figures.bland_altman_plot([r["ratio_pred"] for r in rows], [r["ratio_true"] for r in rows],
+                                  {k.replace("bland_altman_", ""): v for k, v in summary["agreement"].items()
+                                   if k.startswith("bland_altman_")}, paths["bland_altman"])
+    else:
+        del paths["bland_altman"]
     os.makedirs(os.path.join(out, "patients"), exist_ok=True)
     patient_figs = []
     for pid in sorted({str(r["patient"]) for r in rows}):
@@ -89,5 +94,5 @@ def write_report(out: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
             overlays.append({**r, "src": rel})
     html_report.write_index(paths["index"], title=title, summary=summary, overlays=overlays,
                             patient_figures=patient_figs, bland_altman_png="bland_altman.png", per_patient=pp,
-                            extra_html=extra_html)
+                            extra_html=extra_html, report=report)
     return paths

@@ -19,7 +19,8 @@ task module defines:
 * ``rows(...)`` (per-example rows of an evaluation), ``summarize(rows, meta)``
   (the flat figures for logs and the details for the final report),
   ``SELECTION_KEY`` (the validation figure that picks the best model),
-  ``summary_line(title, flat)`` and ``describe(meta)``.
+  ``summary_line(title, flat)`` and ``describe(meta)``; segmentation tasks also ``REPORT``
+  (how ``launch.evaluate``'s report speaks of them, :data:`vitijax.report.html.LESION_REPORT`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from vitijax.tasks.segmentation import evaluate_task, segmentation_row, summariz
 
 NAME = "face_mask"
 INPUT_KEYS = ("size", "margin")
+# how launch.evaluate's report speaks of it: the face class over the crop; no F-Vitiligo, no lesion Table 1
+REPORT = {"class": "face", "region": "over the whole face crop", "ratio": False, "paper_table": False}
 
 
 def contract(input_cfg) -> InputContract:

@@ -22,6 +22,7 @@ from vitijax.tasks.segmentation import evaluate_task, segmentation_row, summariz
 
 NAME = "lesion"
 INPUT_KEYS = ("size", "margin", "mask_input")
+REPORT = {"class": "lesion", "region": "inside the face mask", "ratio": True, "paper_table": True}
 
 
 def contract(input_cfg) -> InputContract:

@@ -1,0 +1,42 @@
+"""Export launch.analyze's masks as pre-annotations for correction in COCO- or CVAT-based tools.
+
+    python -m launch.export_annotations results/ --format cvat --out preannotations.xml
+    python -m launch.export_annotations results/ --format coco --out preannotations.json
+
+Each photo that got masks gives a ``face`` and a ``lesion`` mask (COCO: RLE annotations, categories 1
+and 2; CVAT for images 1.1: ``<mask>`` elements). Load them with the photos into the tool, correct them,
+export in the same format and bring them back with ``python -m launch.import_annotations --format
+coco|cvat --face face --lesion lesion``: unchanged masks come back bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.export_annotations", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", help="a launch.analyze output folder (with results.json)")
+    p.add_argument("--format", required=True, choices=("coco", "cvat"))
+    p.add_argument("--out", required=True, help="the file to write (.json for coco, .xml for cvat)")
+    a = p.parse_args(argv)
+
+    from vitijax.data import annotations as ann_lib
+
+    if not os.path.isfile(os.path.join(a.results, "results.json")):
+        print(f"error: {a.results}: no results.json (a launch.analyze output folder?)", file=sys.stderr)
+        return 2
+    write = {"coco": ann_lib.write_coco, "cvat": ann_lib.write_cvat}[a.format]
+    n = write(a.out, ann_lib.analysis_masks(a.results))
+    if n == 0:
+        print(f"error: {a.results}: no photo with masks to export", file=sys.stderr)
+        return 1
+    print(f"wrote {n} photos' face and lesion masks to {a.out} ({a.format})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

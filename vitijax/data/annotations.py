@@ -1,0 +1,491 @@
+"""Annotations in and out: other tools' formats <-> the ``uv_vitiligo`` folder layout.
+
+Importers read a tool's annotations of a set of photos and give, per photo, a
+binary mask [h, w] per label (:class:`Annotation`); :func:`roles` maps the
+labels onto vitijax's two masks (face, lesion) with a :class:`LabelMap`, and
+:func:`write_layout` writes the folder that ``launch.build_dataset --name
+uv_vitiligo`` reads. Formats (a 5-line example of each is in BUILD.md):
+
+* ``coco``: a COCO instances JSON; polygons (several pieces, holes as
+  separate crowd RLE) and RLE, compressed or not, decoded by pycocotools;
+* ``cvat``: CVAT for images 1.1 XML; ``<polygon>`` and ``<mask>`` (CVAT's
+  run lengths over the mask's box, starting with background);
+* ``labelstudio``: a Label Studio JSON export; ``polygonlabels`` (points in
+  percent of the image). Brush strokes (Label Studio's bit-packed RLE) are
+  reported and left out;
+* ``labelme``: LabelMe JSON files; polygons, rectangles, circles;
+* ``yolo``: YOLO-seg text files, one line per polygon, ``class x y x y ...``
+  normalised to [0, 1], with the class names in order;
+* ``labelmap``: label-map PNGs (a face-parsing map, a colour-coded mask) with
+  a class table from an index (``3``) or a colour (``#ff0000``) to a label.
+
+Exporters write the masks of ``launch.analyze`` (``results.json`` and each
+photo's ``face_mask.png`` / ``lesion_mask.png``) as COCO (RLE) or CVAT
+(``<mask>``) pre-annotations, which a clinician corrects in the tool and
+imports back: the round trip gives the same masks bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vitijax.data.io import ImageReadError, read_photo, write_png
+
+FORMATS = ("coco", "cvat", "labelstudio", "labelme", "yolo", "labelmap")
+LAYOUT_PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+@dataclasses.dataclass
+class Annotation:
+    """One photo's annotations: ``masks`` {label: bool [h, w]} at the photo's size (``size`` (h, w))."""
+
+    photo: str
+    size: tuple[int, int]
+    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what was read but left out, and why
+
+    def add(self, label: str, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.size:
+            raise ValueError(f"{self.photo}: a {label!r} mask of {mask.shape[1]}x{mask.shape[0]} for a photo of "
+                             f"{self.size[1]}x{self.size[0]}")
+        self.masks[label] = self.masks[label] | mask if label in self.masks else mask
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMap:
+    """Which annotation labels make the face mask and which the lesion mask (case-insensitive). Labels in
+    ``ignore`` are known and left out; any other label is left out and reported by name."""
+
+    face: tuple[str, ...]
+    lesion: tuple[str, ...]
+    ignore: tuple[str, ...] = ()
+
+    def roles(self, label: str) -> set[str]:
+        """The roles of ``label``: a lesion label may also be part of the face (lesions lie on it)."""
+        key = label.strip().lower()
+        return {role for role, names in (("face", self.face), ("lesion", self.lesion), ("ignore", self.ignore))
+                if key in {n.strip().lower() for n in names}}
+
+
+def roles(ann: Annotation, labels: LabelMap) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(face mask, lesion mask) uint8 {0, 1} [h, w] of one photo, and notes on the labels left out.
+
+    The face mask is the union of the face labels; with no face label given it is the whole photo
+    (stated in the notes). The lesion mask is the union of the lesion labels.
+    """
+    h, w = ann.size
+    face = np.zeros((h, w), bool)
+    lesion = np.zeros((h, w), bool)
+    notes = list(ann.notes)
+    for label, mask in sorted(ann.masks.items()):
+        role = labels.roles(label)
+        if "face" in role:
+            face |= mask
+        if "lesion" in role:
+            lesion |= mask
+        if not role:
+            notes.append(f"label {label!r} is neither face, lesion nor ignore: left out ({int(mask.sum())} pixels)")
+    if not labels.face:
+        face[:] = True
+        notes.append("no face label given: the face mask is the whole photo")
+    return face.astype(np.uint8), lesion.astype(np.uint8), notes
+
+
+# ----------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------
+
+def polygon_mask(size: tuple[int, int], points: Sequence[Sequence[float]]) -> np.ndarray:
+    """bool [h, w]: the polygon ``points`` [(x, y), ...] in pixel coordinates filled (PIL's rule)."""
+    h, w = size
+    img = Image.new("L", (w, h), 0)
+    if len(points) >= 3:
+        ImageDraw.Draw(img).polygon([(float(x), float(y)) for x, y in points], fill=1)
+    return np.asarray(img, bool)
+
+
+def runs_to_mask(runs: Sequence[int], shape: tuple[int, int], order: str = "C") -> np.ndarray:
+    """Alternating run lengths (background first) -> bool ``shape``, read row-major ("C") or column-major ("F")."""
+    flat = np.zeros(int(np.prod(shape)), bool)
+    pos, value = 0, False
+    for n in runs:
+        n = int(n)
+        if value:
+            flat[pos:pos + n] = True
+        pos += n
+        value = not value
+    if pos != flat.size:
+        raise ValueError(f"run lengths cover {pos} pixels, the mask has {flat.size}")
+    return flat.reshape(shape, order=order)
+
+
+def mask_to_runs(mask: np.ndarray, order: str = "C") -> list[int]:
+    """The inverse of :func:`runs_to_mask`: alternating run lengths, background first."""
+    flat = np.asarray(mask, bool).reshape(-1, order=order)
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+# ----------------------------------------------------------------------------
+# Readers: each yields Annotations
+# ----------------------------------------------------------------------------
+
+def _photo_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as e:
+        raise ImageReadError(path, f"cannot read the photo ({e})") from e
+    return h, w
+
+
+def _find_photo(images: str, name: str) -> str:
+    path = name if os.path.isabs(name) else os.path.join(images, name)
+    if os.path.isfile(path):
+        return path
+    alt = os.path.join(images, os.path.basename(name))
+    if os.path.isfile(alt):
+        return alt
+    raise ImageReadError(path, "the annotated photo is not there (give --images, the folder holding it)")
+
+
+def read_coco(path: str, images: str) -> Iterator[Annotation]:
+    """A COCO instances JSON: polygons and RLE (compressed or not) of each image, by category name."""
+    from pycocotools import mask as mask_utils
+
+    with open(path) as f:
+        data = json.load(f)
+    cats = {c["id"]: c["name"] for c in data.get("categories", [])}
+    by_image: dict[int, list[dict]] = {}
+    for a in data.get("annotations", []):
+        by_image.setdefault(a["image_id"], []).append(a)
+    for im in data.get("images", []):
+        h, w = int(im["height"]), int(im["width"])
+        ann = Annotation(_find_photo(images, im["file_name"]), (h, w))
+        for a in by_image.get(im["id"], []):
+            seg = a.get("segmentation")
+            label = cats.get(a.get("category_id"), str(a.get("category_id")))
+            if isinstance(seg, list):  # polygons: one list of x, y per piece
+                rles = mask_utils.frPyObjects(seg, h, w) if seg else []
+                m = mask_utils.decode(mask_utils.merge(rles)) if rles else np.zeros((h, w), np.uint8)
+            elif isinstance(seg, dict):
+                rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg.get("counts"), list) else seg
+                if isinstance(rle.get("counts"), str):
+                    rle = {**rle, "counts": rle["counts"].encode()}
+                m = mask_utils.decode(rle)
+            else:
+                ann.notes.append(f"annotation {a.get('id')} has no segmentation: left out")
+                continue
+            ann.add(label, m > 0)
+        yield ann
+
+
+def read_labelme(folder: str, images: str | None = None) -> Iterator[Annotation]:
+    """LabelMe JSON files (one per photo): polygon, rectangle and circle shapes, by label."""
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        with open(path) as f:
+            data = json.load(f)
+        photo = _find_photo(images or folder, data["imagePath"])
+        h, w = int(data["imageHeight"]), int(data["imageWidth"])
+        ann = Annotation(photo, (h, w))
+        for shape in data.get("shapes", []):
+            kind, pts = shape.get("shape_type", "polygon"), shape.get("points", [])
+            if kind == "polygon":
+                m = polygon_mask((h, w), pts)
+            elif kind == "rectangle":
+                (x0, y0), (x1, y1) = pts
+                m = polygon_mask((h, w), [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+            elif kind == "circle":
+                (cx, cy), (px, py) = pts
+                r = float(np.hypot(px - cx, py - cy))
+                img = Image.new("L", (w, h), 0)
+                ImageDraw.Draw(img).ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+                m = np.asarray(img, bool)
+            else:
+                ann.notes.append(f"{path}: a {kind!r} shape labelled {shape.get('label')!r} is not an area: left out")
+                continue
+            ann.add(shape["label"], m)
+        yield ann
+
+
+def read_yolo(labels: str, images: str, class_names: Sequence[str]) -> Iterator[Annotation]:
+    """YOLO-seg text files (``<stem>.txt`` beside ``images/<stem>.<ext>``): ``class x1 y1 x2 y2 ...`` in [0, 1]."""
+    photos = {os.path.splitext(n)[0]: os.path.join(images, n) for n in sorted(os.listdir(images))
+              if os.path.splitext(n)[1].lower() in (*LAYOUT_PHOTO_EXTS, ".bmp", ".webp")}
+    for stem, photo in sorted(photos.items()):
+        h, w = _photo_size(photo)
+        ann = Annotation(photo, (h, w))
+        txt = os.path.join(labels, stem + ".txt")
+        if not os.path.isfile(txt):
+            ann.notes.append("no label file: the photo has no annotation")
+            yield ann
+            continue
+        for line_no, line in enumerate(open(txt), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            cls, coords = int(parts[0]), np.asarray(parts[1:], np.float64)
+            if cls >= len(class_names) or coords.size < 6 or coords.size % 2:
+                ann.notes.append(f"{txt}:{line_no}: class {cls} or {coords.size} coordinates is not a polygon of a "
+                                 f"known class ({len(class_names)} given): left out")
+                continue
+            ann.add(class_names[cls], polygon_mask((h, w), coords.reshape(-1, 2) * [w, h]))
+        yield ann
+
+
+def read_cvat(path: str, images: str) -> Iterator[Annotation]:
+    """CVAT for images 1.1 XML: ``<polygon points="x,y;x,y...">`` and ``<mask rle left top width height>``."""
+    root = ET.parse(path).getroot()
+    for im in root.iter("image"):
+        h, w = int(im.get("height")), int(im.get("width"))
+        ann = Annotation(_find_photo(images, im.get("name")), (h, w))
+        for el in im:
+            label = el.get("label", "")
+            if el.tag == "polygon":
+                pts = [tuple(float(v) for v in p.split(",")) for p in el.get("points", "").split(";") if p]
+                ann.add(label, polygon_mask((h, w), pts))
+            elif el.tag == "mask":
+                left, top = int(float(el.get("left"))), int(float(el.get("top")))
+                bw, bh = int(float(el.get("width"))), int(float(el.get("height")))
+                box = runs_to_mask([int(v) for v in el.get("rle", "").split(",") if v.strip()], (bh, bw))
+                m = np.zeros((h, w), bool)
+                m[top:top + bh, left:left + bw] = box[: h - top, : w - left]
+                ann.add(label, m)
+            elif el.tag in ("box", "polyline", "points", "tag"):
+                ann.notes.append(f"a CVAT <{el.tag}> labelled {label!r} is not an area: left out")
+        yield ann
+
+
+def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
+    """A Label Studio JSON export: ``polygonlabels`` results, points in percent of the image."""
+    with open(path) as f:
+        tasks = json.load(f)
+    for task in tasks:
+        name = str(task.get("data", {}).get("image", ""))
+        name = name.split("?d=")[-1]  # local-files URLs carry the path after ?d=
+        photo = _find_photo(images, os.path.basename(name))
+        h, w = _photo_size(photo)
+        ann = Annotation(photo, (h, w))
+        for annotation in task.get("annotations", []):
+            for r in annotation.get("result", []):
+                value = r.get("value", {})
+                if r.get("type") == "polygonlabels":
+                    pts = [(x / 100.0 * w, y / 100.0 * h) for x, y in value.get("points", [])]
+                    for label in value.get("polygonlabels", []):
+                        ann.add(label, polygon_mask((h, w), pts))
+                else:
+                    ann.notes.append(f"a Label Studio {r.get('type')!r} result is not read (polygons only): left out")
+        yield ann
+
+
+def parse_class_table(spec: str) -> dict[object, str]:
+    """``"1=face,2=face,10=lesion,#ff0000=lesion"`` -> {1: 'face', ..., (255, 0, 0): 'lesion'}."""
+    table: dict[object, str] = {}
+    for item in [s for s in spec.split(",") if s.strip()]:
+        key, _, label = item.partition("=")
+        key = key.strip()
+        if not label:
+            raise ValueError(f"class table entry {item!r}: expected VALUE=LABEL (e.g. 3=face or #ff0000=lesion)")
+        if key.startswith("#") and len(key) == 7:
+            table[tuple(int(key[i:i + 2], 16) for i in (1, 3, 5))] = label.strip()
+        elif key.isdigit():
+            table[int(key)] = label.strip()
+        else:
+            raise ValueError(f"class table key {key!r}: an index (3) or a colour (#ff0000)")
+    return table
+
+
+def read_label_maps(maps: str, images: str, table: Mapping[object, str]) -> Iterator[Annotation]:
+    """Label-map PNGs (``<stem>.png`` per photo ``<stem>.<ext>``): each pixel's index or colour is looked up
+    in ``table``; values not in it are counted and reported."""
+    photos = {os.path.splitext(n)[0]: os.path.join(images, n) for n in sorted(os.listdir(images))
+              if os.path.splitext(n)[1].lower() in (*LAYOUT_PHOTO_EXTS, ".bmp", ".webp")}
+    for stem, photo in sorted(photos.items()):
+        h, w = _photo_size(photo)
+        ann = Annotation(photo, (h, w))
+        path = os.path.join(maps, stem + ".png")
+        if not os.path.isfile(path):
+            ann.notes.append("no label map: the photo has no annotation")
+            yield ann
+            continue
+        with Image.open(path) as im:
+            colour = im.mode not in ("L", "P", "I", "I;16")
+            arr = np.asarray(im.convert("RGB") if colour else im)
+        if arr.shape[:2] != (h, w):
+            raise ImageReadError(path, f"label map of {arr.shape[1]}x{arr.shape[0]} for a photo of {w}x{h}")
+        keys = arr.reshape(-1, 3) if colour else arr.reshape(-1)
+        known = np.zeros(h * w, bool)
+        for key, label in table.items():
+            if isinstance(key, tuple) != colour:
+                continue
+            hit = (keys == np.asarray(key)).all(-1) if colour else keys == key
+            known |= hit
+            ann.add(label, hit.reshape(h, w))
+        values = keys[~known & ((keys != 0).any(-1) if colour else keys != 0)]
+        if values.size:
+            shown = np.unique(values, axis=0)[:5]
+            ann.notes.append(f"{path}: {len(values)} pixels of values not in the class table "
+                             f"({', '.join(map(str, shown.tolist()))}): left out")
+        yield ann
+
+
+# ----------------------------------------------------------------------------
+# Photo identities and the layout
+# ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    patient: str
+    visit: int
+    view: str
+
+
+def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
+    """A function photo path -> :class:`Slot`.
+
+    ``ids_csv``: columns file, patient, visit, view (file: the photo's name). ``pattern``: a regular
+    expression searched in the file name, with named groups ``patient`` and optionally ``visit`` and
+    ``view`` (e.g. ``(?P<patient>P\\d+)_v(?P<visit>\\d+)_(?P<view>left|front|right)``): augmented copies
+    of one photo named after it stay with one patient. Default: the file stem is the patient, visit 0,
+    view front.
+    """
+    table = {}
+    if ids_csv:
+        with open(ids_csv, newline="") as f:
+            for line, row in enumerate(csv.DictReader(f), 2):
+                try:
+                    table[os.path.basename(row["file"])] = Slot(row["patient"].strip(), int(row["visit"]),
+                                                                row["view"].strip().lower())
+                except (KeyError, ValueError) as e:
+                    raise ValueError(f"{ids_csv}:{line}: expected columns file, patient, visit (a number), view "
+                                     f"({e})") from e
+    regex = re.compile(pattern) if pattern else None
+    if regex is not None and "patient" not in regex.groupindex:
+        raise ValueError(f"--pattern {pattern!r} needs a named group (?P<patient>...)")
+
+    def find(photo: str) -> Slot:
+        name = os.path.basename(photo)
+        if table:
+            if name not in table:
+                raise ValueError(f"{photo}: not in {ids_csv}")
+            return table[name]
+        if regex is not None:
+            m = regex.search(name)
+            if m is None:
+                raise ValueError(f"{photo}: its name does not match --pattern {pattern!r}")
+            g = m.groupdict()
+            return Slot(g["patient"], int(g.get("visit") or 0), (g.get("view") or "front").lower())
+        return Slot(os.path.splitext(name)[0], 0, "front")
+
+    return find
+
+
+def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_slot) -> dict:
+    """Writes ``out/images|face_masks|vitiligo_masks/<patient>/<visit>/<view>`` (masks {0, 255} PNG; photos
+    copied, or converted to PNG when the layout does not take their format). Returns the report:
+    {'photos': n, 'notes': {photo: [...]}}. Two photos for one slot stop the import, naming both."""
+    seen: dict[Slot, str] = {}
+    report = {"photos": 0, "notes": {}}
+    for ann in items:
+        slot = find_slot(ann.photo)
+        if slot in seen:
+            raise ValueError(f"{ann.photo} and {seen[slot]} are both patient {slot.patient}, visit {slot.visit}, "
+                             f"view {slot.view}: give --pattern or --ids that tell them apart")
+        seen[slot] = ann.photo
+        face, lesion, notes = roles(ann, labels)
+        rel = os.path.join(slot.patient, str(slot.visit))
+        ext = os.path.splitext(ann.photo)[1].lower()
+        os.makedirs(os.path.join(out, "images", rel), exist_ok=True)
+        if ext in LAYOUT_PHOTO_EXTS:
+            shutil.copyfile(ann.photo, os.path.join(out, "images", rel, slot.view + ext))
+        else:
+            Image.fromarray(read_photo(ann.photo)).save(os.path.join(out, "images", rel, slot.view + ".png"))
+        write_png(os.path.join(out, "face_masks", rel, slot.view + ".png"), face * 255)
+        write_png(os.path.join(out, "vitiligo_masks", rel, slot.view + ".png"), lesion * 255)
+        report["photos"] += 1
+        if notes:
+            report["notes"][ann.photo] = notes
+    return report
+
+
+# ----------------------------------------------------------------------------
+# Exporters: launch.analyze's masks as pre-annotations
+# ----------------------------------------------------------------------------
+
+def analysis_masks(results_dir: str) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
+    """(photo path, file name, {'face': bool [h, w], 'lesion': bool [h, w]}) of each photo of a
+    ``launch.analyze`` output folder that got masks."""
+    with open(os.path.join(results_dir, "results.json")) as f:
+        data = json.load(f)
+    for p in data["photos"]:
+        files = p.get("files") or {}
+        if "face_mask" not in files:
+            continue
+        masks = {k: np.asarray(Image.open(os.path.join(results_dir, files[f"{k}_mask"]))) > 0
+                 for k in ("face", "lesion")}
+        yield p["file"], os.path.basename(p["file"]), masks
+
+
+CATEGORIES = ("face", "lesion")
+
+
+def write_coco(path: str, items: Iterable[tuple[str, str, dict[str, np.ndarray]]]) -> int:
+    """A COCO instances JSON with one RLE annotation per photo and category (face 1, lesion 2)."""
+    from pycocotools import mask as mask_utils
+
+    images, anns = [], []
+    for i, (_, name, masks) in enumerate(items, 1):
+        h, w = next(iter(masks.values())).shape
+        images.append({"id": i, "file_name": name, "height": h, "width": w})
+        for c, cat in enumerate(CATEGORIES, 1):
+            rle = mask_utils.encode(np.asfortranarray(masks[cat].astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "iscrowd": 1,
+                         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                         "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": anns,
+                   "categories": [{"id": c, "name": n} for c, n in enumerate(CATEGORIES, 1)]}, f)
+    return len(images)
+
+
+def write_cvat(path: str, items: Iterable[tuple[str, str, dict[str, np.ndarray]]]) -> int:
+    """CVAT for images 1.1 XML with one ``<mask>`` per photo and label (run lengths over the mask's box)."""
+    root = ET.Element("annotations")
+    ET.SubElement(root, "version").text = "1.1"
+    meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
+    labels_el = ET.SubElement(meta, "labels")
+    for name in CATEGORIES:
+        ET.SubElement(ET.SubElement(labels_el, "label"), "name").text = name
+    n = 0
+    for i, (_, name, masks) in enumerate(items):
+        h, w = next(iter(masks.values())).shape
+        im = ET.SubElement(root, "image", id=str(i), name=name, width=str(w), height=str(h))
+        for cat in CATEGORIES:
+            m = masks[cat]
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            if rows.size == 0:
+                continue
+            top, left, bottom, right = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+            runs = mask_to_runs(m[top:bottom, left:right])
+            ET.SubElement(im, "mask", label=cat, source="auto", occluded="0", z_order="0",
+                          rle=", ".join(str(r) for r in runs), left=str(left), top=str(top),
+                          width=str(right - left), height=str(bottom - top))
+        n += 1
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return n

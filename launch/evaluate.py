@@ -64,6 +64,7 @@ def run_model(a) -> int:
         contract = dataclasses.replace(contract, size=tuple(a.input_size))
     size = contract.size
     name, cfg, split = _parse_data(a.data)
+    a.data_dir = a.data_dir or tfds_io.default_data_dir()
     builder = tfds_io.get_builder(name, data_dir=a.data_dir, config=cfg, crop_margin=contract.margin)
     if not tfds_io.is_prepared(builder):
         raise FileNotFoundError(f"data set {name}/{builder.builder_config.name} is not built under {a.data_dir} "
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", choices=("auto", "face-box", "retinaface"), default="auto",
                    help="with --bundle: face finder, as in analyze")
     p.add_argument("--data", help="NAME[:CONFIG][/SPLIT] of a built TFDS data set")
-    p.add_argument("--data-dir", default="data/tfds")
+    p.add_argument("--data-dir", help="where data sets are built (default: $VITIJAX_DATA_DIR, else data/tfds)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (4 photos with --bundle)")
     p.add_argument("--predictions", help="folder of predicted PNG masks")

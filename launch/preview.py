@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--synthetic", action="store_true", help="render synthetic patients")
     src.add_argument("--data", help="a built TFDS data set: synthetic_uv_vitiligo or uv_vitiligo")
     p.add_argument("--config", help="TFDS builder config")
-    p.add_argument("--data-dir", default="data/tfds")
+    p.add_argument("--data-dir", help="default: $VITIJAX_DATA_DIR, else data/tfds")
     p.add_argument("--split", default="train")
     p.add_argument("--count", type=int, default=12)
     p.add_argument("--patients", type=int, default=3)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from vitijax.data import tfds_io
 
-        b = tfds_io.get_builder(a.data, data_dir=a.data_dir, config=a.config)
+        b = tfds_io.get_builder(a.data, data_dir=a.data_dir or tfds_io.default_data_dir(), config=a.config)
         src = tfds_io.DecodedSource(b.as_data_source(split=a.split))
         tiles = []
         for i in range(min(a.count, len(src))):

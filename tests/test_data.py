@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from launch import build_dataset
 from vitijax import face
@@ -111,6 +112,16 @@ def test_splits_partition_patients():
     assert h["test"] == ["P03", "P07"] and "P03" not in h["train"] + h["validation"]
 
 
+def test_a_split_that_cannot_be_filled_says_what_would_fill_it():
+    with pytest.raises(ValueError, match=r"2 patients cannot fill validation \(1\), test \(1\) and train .*"
+                                         r"--val-fraction 0 --test-fraction 0\.5"):
+        splits.fraction_split(["a", "b"])
+    with pytest.raises(ValueError, match="one patient cannot be held out from itself"):
+        splits.fraction_split(["a"])
+    with pytest.raises(ValueError, match=r"--val-fraction 0\.20 --test-fraction 0\.20"):
+        splits.fraction_split(list("abcde"), val_fraction=0.6, test_fraction=0.4)
+
+
 def test_patient_in_two_splits_is_refused_by_name():
     with pytest.raises(splits.SplitLeak, match="patient P05 is in test, validation"):
         splits.held_out_split(["P01", "P05", "P09"], ["P05"], validation_patients=["P05", "P09"])
@@ -192,9 +203,54 @@ def test_folder_check_reports_each_problem_by_file(user_folder):
     assert len(records) == 15 - 1 - 1 - 1  # 15 photos, minus corrupt, wrong-size mask, missing; dup not counted
     assert "P000/0/front.jpg: unreadable or truncated" in text
     assert "P001/0/left.png: mask is 80x100 (w x h) but its photo is 112x160" in text
-    assert "P002/visit 0: missing view(s): right" in text
-    assert "P099/0/front.jpg: duplicate of" in text and "P004/0/front.jpg" in text
+    assert "P002/visit 0: has front, left; missing right" in text
+    assert "P099/0/front.jpg: duplicate of" in text and "P004/0/front.jpg of another patient (P004; one of them is " \
+        "mislabelled?)" in text
     assert len(report.skipped) == 3 and report.records == 12
+
+
+def test_folder_takes_real_archives_and_says_everything_once(tmp_path):
+    """Any view name, ISO-date visits, .bmp photos, anti-aliased masks, a photo without a face mask; a second
+    photo for one slot is named; a duplicate does not hide an empty face mask; many visits lacking views are
+    one line of text (every one in the JSON)."""
+    root = tmp_path / "archive"
+    for i in range(7):  # seven patients photographed from the front only
+        _write_patient(root, i, views=("front",))
+    p = synthetic.make_patient(5, 9)
+    s = synthetic.render(p, 0, "front", (160, 112))
+    d = {sub: root / sub / "P900" / "2024-03-15" for sub in ("images", "face_masks", "vitiligo_masks")}
+    for x in d.values():
+        x.mkdir(parents=True)
+    Image.fromarray(s.image).save(d["images"] / "oblique.bmp")
+    soft = np.asarray(Image.fromarray(s.face_mask * 255).filter(ImageFilter.GaussianBlur(1.0)))
+    Image.fromarray(soft).save(d["face_masks"] / "oblique.png")  # anti-aliased edges
+    Image.fromarray(s.vitiligo_mask * 255).save(d["vitiligo_masks"] / "oblique.png")
+    Image.fromarray(s.image).save(d["images"] / "chin.png")  # no face mask for this one
+    Image.fromarray(s.vitiligo_mask * 255).save(d["vitiligo_masks"] / "chin.png")
+    Image.fromarray(s.image).save(root / "images" / "P000" / "0" / "front.png")  # a second photo for P000/0/front
+    # a duplicate (of P900's oblique) whose face mask is also empty: both are said
+    e = {sub: root / sub / "P901" / "0" for sub in ("images", "face_masks", "vitiligo_masks")}
+    for x in e.values():
+        x.mkdir(parents=True)
+    (e["images"] / "front.bmp").write_bytes((d["images"] / "oblique.bmp").read_bytes())
+    Image.fromarray(np.zeros((160, 112), np.uint8)).save(e["face_masks"] / "front.png")
+    Image.fromarray(np.zeros((160, 112), np.uint8)).save(e["vitiligo_masks"] / "front.png")
+    records, report = folder.scan(root)
+    by = {(r.patient, r.visit, r.view): r for r in records}
+    assert ("P900", 20240315, "oblique") in by and ("P900", 20240315, "chin") in by
+    assert by[("P900", 20240315, "chin")].face_mask == ""  # whole-image mode
+    text = report.text()
+    assert "anti-aliased mask pixels (neither 0 nor 255) binarised at 128" in text
+    assert "no face mask: the whole photo is the face region (whole-image mode)" in text
+    assert "a second photo for patient P000, visit 0, view front (the first is" in text
+    assert "P901/0/front.png: face mask is empty" in text and "P901/0/front.bmp: duplicate of" in text
+    assert "of another patient (P900" in text
+    assert "7 x visits with only front of the three views" in text
+    assert text.count("missing left, right") == 1  # one example line; the rest are in the JSON
+    assert json.loads(report.to_json())["problems"].__len__() == len(report.problems) >= 11
+    photo, face, vit = folder.load_record(by[("P900", 20240315, "chin")])
+    assert face.all() and face.shape == photo.shape[:2]
+    assert np.array_equal(folder.load_record(by[("P900", 20240315, "oblique")])[1], (soft >= 128).astype(np.uint8))
 
 
 def test_folder_build_and_leak_refusal(user_folder, tmp_path, capsys):
@@ -205,8 +261,18 @@ def test_folder_build_and_leak_refusal(user_folder, tmp_path, capsys):
                              "--data-dir", str(tmp_path / "tfds")])
     assert rc == 2 and "patient P003 is in test, validation" in capsys.readouterr().err
     (user_folder / "splits" / "validation.txt").write_text("P001\n")
+    # --check: the report as JSON, and exit 1 because photos would be skipped
+    assert build_dataset.main(["--name", "uv_vitiligo", "--manual-dir", str(user_folder), "--check",
+                               "--data-dir", str(tmp_path / "tfds")]) == 1
+    check = json.loads((tmp_path / "tfds" / "reports" / "uv_vitiligo_default_check_validation.json").read_text())
+    assert check["skipped"] == 3 and any("truncated" in p["problem"] for p in check["problems"])
+    # the build stops on skipped photos unless told to go on without them
     rc = build_dataset.main(["--name", "uv_vitiligo", "--manual-dir", str(user_folder),
                              "--data-dir", str(tmp_path / "tfds")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "3 photos were skipped" in err and "build without them with --allow-skips" in err
+    rc = build_dataset.main(["--name", "uv_vitiligo", "--manual-dir", str(user_folder),
+                             "--data-dir", str(tmp_path / "tfds"), "--allow-skips"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "unreadable or truncated" in out and "test: 3 examples" in out and "validation: 2 examples" in out
@@ -218,8 +284,9 @@ def test_folder_build_and_leak_refusal(user_folder, tmp_path, capsys):
     assert tuple(ex["original_size"]) == (160, 112)
     assert ex["photo"].shape == (160, 112, 3)  # small photos are stored whole
     assert ex["ratio"] == pytest.approx(100 * ex["vitiligo_pixels"] / ex["face_pixels"], rel=1e-5)
-    reports = os.listdir(tmp_path / "tfds" / "reports")
-    assert reports == ["uv_vitiligo_default_validation.json"]
+    reports = sorted(os.listdir(tmp_path / "tfds" / "reports"))
+    assert reports == ["uv_vitiligo_default_check_validation.json", "uv_vitiligo_default_validation.json"]
+    assert "Downloading" not in out and "nothing is downloaded" in out
 
 
 def test_synthetic_tfds_build_without_tensorflow(tmp_path):

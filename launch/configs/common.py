@@ -12,6 +12,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from vitijax.contract import CROP_MARGIN
+from vitijax.data.tfds_io import default_data_dir
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -19,7 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = "lesion"  # a module of vitijax/tasks/: lesion, face_mask or face_box
     c.seed = 0
     c.model = dict(variant="23-slim", num_classes=2, aux_head=True, dtype="float32")
-    c.data = dict(source="tfds", name="synthetic_uv_vitiligo", config="small", data_dir="data/tfds",
+    # data_dir: $VITIJAX_DATA_DIR, else data/tfds (the default of build_dataset and evaluate too)
+    c.data = dict(source="tfds", name="synthetic_uv_vitiligo", config="small", data_dir=default_data_dir(),
                   manual_dir=placeholder(str), build_if_missing=True, train_split="train", eval_split="validation",
                   test_split="test",
                   # only for source="memory": the synthetic generator rendered in-process

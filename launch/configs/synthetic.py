@@ -14,7 +14,7 @@ from launch.configs.common import base_config
 def get_config():
     c = base_config()
     c.model.variant = "23-slim"
-    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="small", data_dir="data/tfds")
+    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="small")
     c.input.size = (256, 256)
     c.batch_size = 8
     c.num_steps = 500

@@ -3,8 +3,11 @@
 Layout (BUILD.md shows it with an example)::
 
     ROOT/
-      images/<patient>/<visit>/<view>.<jpg|jpeg|png|tif|tiff>   view: left, front or right
-      face_masks/<patient>/<visit>/<view>.png                   {0,1} or {0,255}, photo-sized
+      images/<patient>/<visit>/<view>.<jpg|jpeg|png|tif|tiff|bmp|webp>
+                              view: any name (left, front and right are the paper's);
+                              visit: a number (0, 1, v2) or an ISO date (2024-03-15)
+      face_masks/<patient>/<visit>/<view>.png                   {0,1} or {0,255} (or anti-aliased),
+                              photo-sized; optional: without it the whole photo is the face region
       vitiligo_masks/<patient>/<visit>/<view>.png
       manifest.csv            optional; if present it replaces the layout above:
                               columns image, face_mask, vitiligo_mask, patient, visit, view
@@ -20,16 +23,19 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import json
 import os
+import re
 from typing import Iterable
 
 import numpy as np
 
-from vitijax.data.io import ImageReadError, read_mask, read_photo, sha256_file
+from vitijax.data.io import MASK_THRESHOLD, ImageReadError, read_mask, read_photo, sha256_file
 
-VIEWS = ("left", "front", "right")
-PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+VIEWS = ("left", "front", "right")  # the paper's three views; any other name is accepted too
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+AGGREGATE_OVER = 5  # more problems of one kind than this are summarised in one line of text (all in the JSON)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Record:
     """One usable photo with its masks (paths absolute)."""
 
     image: str
-    face_mask: str
+    face_mask: str  # "" when the photo has none (whole-image mode: the whole photo is the face region)
     vitiligo_mask: str
     patient: str
     visit: int
@@ -50,6 +56,7 @@ class Problem:
     file: str
     problem: str
     action: str  # "skipped" (the image is left out) or "kept" (a warning)
+    kind: str = ""  # problems of one kind are summarised together in the text when there are many
 
 
 @dataclasses.dataclass
@@ -58,8 +65,8 @@ class Report:
     records: int = 0
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
-    def add(self, file: str, problem: str, action: str) -> None:
-        self.problems.append(Problem(file, problem, action))
+    def add(self, file: str, problem: str, action: str, kind: str = "") -> None:
+        self.problems.append(Problem(file, problem, action, kind))
 
     @property
     def skipped(self) -> list[Problem]:
@@ -68,7 +75,17 @@ class Report:
     def text(self) -> str:
         lines = [f"Validation of {self.root}: {self.records} usable photos, {len(self.skipped)} skipped, "
                  f"{len(self.problems) - len(self.skipped)} warnings."]
+        counts: dict[str, int] = {}
         for p in self.problems:
+            counts[p.kind] = counts.get(p.kind, 0) + 1
+        summarised = set()
+        for p in self.problems:
+            if p.kind and counts[p.kind] > AGGREGATE_OVER:
+                if p.kind not in summarised:
+                    summarised.add(p.kind)
+                    lines.append(f"  [{p.action}] {counts[p.kind]} x {p.kind} (e.g. {p.file}: {p.problem}; every "
+                                 "one is in the JSON report)")
+                continue
             lines.append(f"  [{p.action}] {p.file}: {p.problem}")
         return "\n".join(lines)
 
@@ -77,14 +94,30 @@ class Report:
                            "problems": [dataclasses.asdict(p) for p in self.problems]}, indent=2)
 
 
+def write_report(report: Report, directory: str, name: str) -> str:
+    """Writes ``report`` as ``directory/<name>_validation.json``; returns the path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}_validation.json")
+    with open(path, "w") as f:
+        f.write(report.to_json())
+    return path
+
+
 class UnusableDataset(ValueError):
     """Nothing in the folder can be used; the message carries the report."""
 
 
 def parse_visit(text: str) -> int | None:
-    """A visit number from ``0``, ``1``, ``v2`` or ``V3``; None if it is not one."""
+    """A visit from ``0``, ``1``, ``v2`` or ``V3`` (that number), or an ISO date ``2024-03-15`` (the number
+    20240315, so that visits sort by date); None if it is neither."""
+    text = str(text).strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        try:
+            return int(datetime.date.fromisoformat(text).strftime("%Y%m%d"))
+        except ValueError:
+            return None
     try:
-        return int(str(text).strip().lstrip("vV") or "x")
+        return int(text.lstrip("vV") or "x")
     except ValueError:
         return None
 
@@ -108,7 +141,8 @@ def _from_layout(root: str, report: Report) -> Iterable[tuple[str, str, str, str
             patient, visit_s, _ = parts
             visit = parse_visit(visit_s)
             if visit is None:
-                report.add(path, f"visit folder {visit_s!r} is not a number (e.g. 0, 1, v2)", "skipped")
+                report.add(path, f"visit folder {visit_s!r} is not a number (e.g. 0, 1, v2) or a date (2024-03-15)",
+                           "skipped")
                 continue
             mask_rel = os.path.join(patient, visit_s, stem + ".png")
             yield (path, os.path.join(root, "face_masks", mask_rel), os.path.join(root, "vitiligo_masks", mask_rel),
@@ -126,7 +160,8 @@ def _from_manifest(root: str, report: Report) -> Iterable[tuple[str, str, str, s
         for line, row in enumerate(reader, start=2):
             visit = parse_visit(row["visit"])
             if visit is None:
-                report.add(f"{path}:{line}", f"visit {row['visit']!r} is not a number", "skipped")
+                report.add(f"{path}:{line}", f"visit {row['visit']!r} is not a number or a date (2024-03-15)",
+                           "skipped")
                 continue
             yield (os.path.join(root, row["image"]), os.path.join(root, row["face_mask"]),
                    os.path.join(root, row["vitiligo_mask"]), row["patient"].strip(), visit, row["view"].strip().lower())
@@ -142,43 +177,71 @@ def entries(root: str, report: Report) -> Iterable[tuple[str, str, str, str, int
 
 
 def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
-    """Checks every photo and mask under ``root``; returns (usable records, report)."""
+    """Checks every photo and mask under ``root``; returns (usable records, report).
+
+    Every defect of a photo is reported (a duplicate does not hide an empty face mask); a second photo
+    for one (patient, visit, view) is skipped, naming the first; a duplicate of another patient's photo
+    is called out as such. A photo without a face mask file uses the whole photo as the face region
+    (whole-image mode, reported). Views may have any name; visits without all three of the paper's
+    views are summarised, not listed line by line.
+    """
     root = os.path.abspath(os.fspath(root))
     report = Report(root)
     records: list[Record] = []
-    hashes: dict[str, str] = {}
+    hashes: dict[str, tuple[str, str]] = {}  # sha256 -> (photo, patient)
+    slots: dict[tuple[str, int, str], str] = {}
     for image, face_path, vit_path, patient, visit, view in entries(root, report):
-        if view not in VIEWS:
-            report.add(image, f"view {view!r} is not one of {', '.join(VIEWS)}", "skipped")
+        slot = (patient, visit, view)
+        if slot in slots:
+            report.add(image, f"a second photo for patient {patient}, visit {visit}, view {view} (the first is "
+                              f"{slots[slot]})", "skipped", kind="second photo for one slot")
             continue
         try:
             photo = read_photo(image)
-            face = read_mask(face_path, photo.shape[:2])
-            vit = read_mask(vit_path, photo.shape[:2])
+            softened: list[int] = []
+            if os.path.isfile(face_path):
+                face = read_mask(face_path, photo.shape[:2], softened)
+            else:
+                face = np.ones(photo.shape[:2], np.uint8)
+                face_path = ""
+                report.add(image, "no face mask: the whole photo is the face region (whole-image mode)", "kept",
+                           kind="no face mask (whole-image mode)")
+            vit = read_mask(vit_path, photo.shape[:2], softened)
         except ImageReadError as e:
             report.add(e.path, e.problem, "skipped")
             continue
-        digest = sha256_file(image)
-        if digest in hashes:
-            report.add(image, f"duplicate of {hashes[digest]} (same content)", "skipped")
-            continue
+        if sum(softened):
+            report.add(image, f"{sum(softened)} anti-aliased mask pixels (neither 0 nor 255) binarised at "
+                              f"{MASK_THRESHOLD}", "kept", kind="anti-aliased masks binarised")
+        usable = True
         if not face.any():
             report.add(face_path, "face mask is empty (the ratio would be undefined)", "skipped")
-            continue
+            usable = False
         outside = int(((vit > 0) & (face == 0)).sum())
         if outside:
             report.add(vit_path, f"{outside} vitiligo pixels lie outside the face mask; they are not counted",
-                       "kept")
-        hashes[digest] = image
+                       "kept", kind="vitiligo outside the face mask")
+        digest = sha256_file(image)
+        if digest in hashes:
+            first, first_patient = hashes[digest]
+            other = f" of another patient ({first_patient}; one of them is mislabelled?)" \
+                if first_patient != patient else ""
+            report.add(image, f"duplicate of {first}{other} (same content)", "skipped")
+            usable = False
+        if not usable:
+            continue
+        hashes[digest] = (image, patient)
+        slots[slot] = image
         records.append(Record(image, face_path, vit_path, patient, visit, view, digest))
-    # Missing views: every (patient, visit) should have left, front and right.
+    # Visits without all of the paper's three views (only among patients photographed in those views).
     by_visit: dict[tuple[str, int], set[str]] = {}
     for r in records:
         by_visit.setdefault((r.patient, r.visit), set()).add(r.view)
     for (patient, visit), views in sorted(by_visit.items()):
         missing = [v for v in VIEWS if v not in views]
-        if missing:
-            report.add(f"{patient}/visit {visit}", f"missing view(s): {', '.join(missing)}", "kept")
+        if missing and views & set(VIEWS):
+            report.add(f"{patient}/visit {visit}", f"has {', '.join(sorted(views))}; missing {', '.join(missing)}",
+                       "kept", kind=f"visits with only {', '.join(sorted(views & set(VIEWS)))} of the three views")
     report.records = len(records)
     if not records:
         raise UnusableDataset(f"no usable photo under {root}\n{report.text()}")
@@ -188,4 +251,5 @@ def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
 def load_record(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(photo [h, w, 3], face mask [h, w], vitiligo mask [h, w]) of a scanned record."""
     photo = read_photo(record.image)
-    return photo, read_mask(record.face_mask, photo.shape[:2]), read_mask(record.vitiligo_mask, photo.shape[:2])
+    face = read_mask(record.face_mask, photo.shape[:2]) if record.face_mask else np.ones(photo.shape[:2], np.uint8)
+    return photo, face, read_mask(record.vitiligo_mask, photo.shape[:2])

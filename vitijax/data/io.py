@@ -2,8 +2,10 @@
 
 Photos: JPEG, PNG, TIFF, ...; EXIF orientation applied; 16-bit scaled to 8-bit;
 grey, palette and RGBA converted to RGB. Masks: one channel (or RGB with equal
-channels), values {0, 1} or {0, 255}; EXIF orientation applied as to photos,
-so a photo and its masks stay aligned.
+channels), values {0, 1} or {0, 255}, or anti-aliased (nearly all pixels near 0
+or 255, a soft edge between: binarised at :data:`MASK_THRESHOLD`, and the count
+of pixels that were neither 0 nor 255 reported); EXIF orientation applied as to
+photos, so a photo and its masks stay aligned.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+MASK_THRESHOLD = 128  # an anti-aliased mask's pixel is foreground from this grey level up
+MASK_NEAR = 10  # grey levels within this of 0 or 255 count as "near" black or white
+MASK_NEAR_SHARE = 0.9  # an anti-aliased mask has at least this share of its pixels near 0 or 255
 Image.MAX_IMAGE_PIXELS = 200_000_000  # clinical photos are large; still refuse decompression bombs
 
 
@@ -71,11 +76,14 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(im.convert("RGB"), np.uint8)
 
 
-def read_mask(path: str | os.PathLike, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """A binary mask [h, w] uint8 {0, 1} from a {0,1} or {0,255} image.
+def read_mask(path: str | os.PathLike, expected_hw: tuple[int, int] | None = None,
+              softened: list[int] | None = None) -> np.ndarray:
+    """A binary mask [h, w] uint8 {0, 1} from a {0,1} or {0,255} image, or an anti-aliased one
+    (binarised at :data:`MASK_THRESHOLD`; the number of its pixels that were neither 0 nor 255 is
+    appended to ``softened`` when given, so that a caller can report it).
 
     Raises ImageReadError for an unreadable file, a size other than
-    ``expected_hw`` (the photo's), colour masks, or other values.
+    ``expected_hw`` (the photo's), colour masks, or other values (a label map, say).
     """
     path = os.fspath(path)
     im = _open(path)
@@ -96,8 +104,15 @@ def read_mask(path: str | os.PathLike, expected_hw: tuple[int, int] | None = Non
         return a.astype(np.uint8)
     if set(values.tolist()) <= {0, 255}:
         return (a > 0).astype(np.uint8)
+    if a.dtype == np.uint8 and values.max() >= 245:
+        near = ((a <= MASK_NEAR) | (a >= 255 - MASK_NEAR)).mean()
+        if near >= MASK_NEAR_SHARE:  # anti-aliased: black and white with soft edges
+            if softened is not None:
+                softened.append(int(((a > 0) & (a < 255)).sum()))
+            return (a >= MASK_THRESHOLD).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
-    raise ImageReadError(path, f"mask values must be {{0,1}} or {{0,255}}, found {shown}")
+    raise ImageReadError(path, f"mask values must be {{0,1}} or {{0,255}} (or anti-aliased black and white), found "
+                               f"{shown}; a label map? python -m launch.import_annotations --format labelmap")
 
 
 def downscale(image: np.ndarray, max_side: int, nearest: bool = False) -> np.ndarray:

@@ -43,7 +43,17 @@ def fraction_split(patients: Sequence[str], *, val_fraction: float = 0.1, test_f
     n_test = max(1, round(test_fraction * len(ids))) if test_fraction > 0 else 0
     n_val = max(1, round(val_fraction * len(ids))) if val_fraction > 0 else 0
     if n_test + n_val >= len(ids):
-        raise ValueError(f"{len(ids)} patients cannot fill validation ({n_val}), test ({n_test}) and train")
+        n = len(ids)
+        if n >= 3:
+            remedy = (f"lower the fractions (--val-fraction {1 / n:.2f} --test-fraction {1 / n:.2f} keeps one patient "
+                      "each), or name the held-out patients in ROOT/splits/test.txt")
+        elif n == 2:
+            remedy = ("--val-fraction 0 --test-fraction 0.5 holds one patient out for test (then train with "
+                      "--config.data.eval_split=test)")
+        else:
+            remedy = "one patient cannot be held out from itself: add patients"
+        raise ValueError(f"{n} patients cannot fill validation ({n_val}), test ({n_test}) and train (each needs a "
+                         f"patient of its own); {remedy}")
     splits = {"test": sorted(order[:n_test]), "validation": sorted(order[n_test:n_test + n_val]),
               "train": sorted(order[n_test + n_val:])}
     check_no_leak(splits)

@@ -19,14 +19,64 @@ import numpy as np
 from vitijax.data.io import encode_png
 
 DATASETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets"
-DEFAULT_DATA_DIR = os.path.join("data", "tfds")
+DATA_DIR_ENV = "VITIJAX_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """Where data sets are built and read unless told: ``$VITIJAX_DATA_DIR``, else ``data/tfds`` (relative to
+    the working directory). build_dataset, the training configs and evaluate all default to it."""
+    return os.environ.get(DATA_DIR_ENV) or os.path.join("data", "tfds")
+
+
+DEFAULT_DATA_DIR = default_data_dir()
+
+
+SPLIT_FIELDS = ("folds", "val_fraction", "test_fraction", "seed", "max_side")
 
 
 def info_metadata(config, face_mask_source: str):
-    """What a build records besides its examples: the crop margin it cut with and where face masks came from."""
+    """What a build records besides its examples: the crop margin it cut with, where face masks came from,
+    and the split options (and stored crop size) it was built with."""
     import tensorflow_datasets as tfds
 
-    return tfds.core.MetadataDict(crop_margin=float(config.crop_margin), face_mask_source=face_mask_source)
+    split = {k: getattr(config, k) for k in SPLIT_FIELDS if hasattr(config, k)}
+    return tfds.core.MetadataDict(crop_margin=float(config.crop_margin), face_mask_source=face_mask_source,
+                                  build_options=split)
+
+
+def with_options(builder, **options):
+    """``builder`` building its config with ``options`` (split fractions, folds, seed, max_side, allow_skips)
+    changed, under the config's own name: the shipped training configs find the data set whatever split
+    was chosen, and the options are recorded in its metadata (:func:`info_metadata`). A data set already
+    built there with other options is refused, naming what differs: a rebuild never silently keeps an old
+    split."""
+    if not options:
+        return builder
+    config = dataclasses.replace(builder.builder_config, **options)
+    builder._builder_config = config  # TFDS refuses a custom config named like a shipped one; this is that config
+    wanted = {k: getattr(config, k) for k in SPLIT_FIELDS if hasattr(config, k)}
+    if is_prepared(builder):
+        recorded = dict(builder.info.metadata.get("build_options", {})) if builder.info.metadata else {}
+        diffs = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+        if diffs:
+            raise ValueError(f"{builder.data_dir} already holds {builder.name}/{config.name} built with "
+                             + ", ".join(f"{k}={a}" for k, (a, _) in diffs.items()) + "; remove that folder to "
+                             "rebuild it with " + ", ".join(f"{k}={b}" for k, (_, b) in diffs.items())
+                             + ", or build into another --data-dir")
+    else:
+        builder.info.metadata["build_options"] = wanted  # the info was made from the config before the options
+    return builder
+
+
+class QuietBuilder:
+    """A mixin for vitijax's builders: nothing is downloaded, so TFDS's download wording is replaced."""
+
+    def _log_download_bytes(self) -> None:
+        print(f"building {self.name}/{self.builder_config.name} in {self.data_dir} (from local files; nothing is "
+              "downloaded) ...", flush=True)
+
+    def _log_download_done(self) -> None:
+        pass  # launch.build_dataset says what was built
 
 
 def features():

@@ -33,7 +33,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     test_fraction: float = 0.15
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
     """Synthetic UV photographs: face crops, face and vitiligo masks, exact ratios."""
 
     name = "synthetic_uv_vitiligo"

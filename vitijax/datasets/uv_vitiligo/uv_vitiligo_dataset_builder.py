@@ -33,9 +33,10 @@ class FolderConfig(tfds.core.BuilderConfig):
     seed: int = 0
     crop_margin: float = CROP_MARGIN  # the crop rule (vitijax.contract)
     max_side: int | None = 1536  # downscale crops above this side (full photos are 2832x4240)
+    allow_skips: bool = False  # build even when photos were skipped (launch.build_dataset --allow-skips)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
     """UV photographs of vitiligo patients from a local folder (face-cropped, with masks)."""
 
     name = "uv_vitiligo"
@@ -57,10 +58,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         root = os.fspath(dl_manager.manual_dir)
         records, report = folder.scan(root)
         print(report.text())
-        report_dir = os.path.join(os.fspath(self.data_dir_root), "reports")
-        os.makedirs(report_dir, exist_ok=True)
-        with open(os.path.join(report_dir, f"{self.name}_{c.name}_validation.json"), "w") as f:
-            f.write(report.to_json())
+        report_path = folder.write_report(report, os.path.join(os.fspath(self.data_dir_root), "reports"),
+                                          f"{self.name}_{c.name}")
+        if report.skipped and not c.allow_skips:
+            raise folder.UnusableDataset(f"{len(report.skipped)} photos were skipped (listed above and in "
+                                         f"{report_path}); fix them, or build without them with --allow-skips")
+        whole = sum(not r.face_mask for r in records)
+        self.info.metadata["face_mask_source"] = (
+            "annotation" if not whole else "whole image" if whole == len(records)
+            else f"annotation ({whole} of {len(records)} photos: whole image)")
         patients = sorted({r.patient for r in records})
         held_out = os.path.join(root, c.test_patients_file)
         if c.folds:

@@ -156,8 +156,17 @@ def test_bad_images_and_masks_are_named(tmp_path):
     with pytest.raises(io.ImageReadError, match=r"m\.png: mask is 40x30 \(w x h\) but its photo is 40x40"):
         io.read_mask(tmp_path / "m.png", (40, 40))
     Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "v.png")
-    with pytest.raises(io.ImageReadError, match=r"values must be \{0,1\} or \{0,255\}, found 128"):
+    with pytest.raises(io.ImageReadError, match=r"values must be \{0,1\} or \{0,255\} \(or anti-aliased black and "
+                                                 r"white\), found 128; a label map\? .*--format labelmap"):
         io.read_mask(tmp_path / "v.png", (40, 40))
+    soft = np.zeros((40, 40), np.uint8)
+    soft[10:30, 10:30] = 255
+    soft[10:30, 9] = 100  # an anti-aliased edge: 20 pixels neither black nor white, below the threshold
+    soft[10:30, 30] = 200  # and 20 above it
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    changed: list[int] = []
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "soft.png", (40, 40), changed), soft >= io.MASK_THRESHOLD)
+    assert changed == [40]
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "w.png")
     assert io.read_mask(tmp_path / "w.png", (40, 40)).max() == 1
 
@@ -258,7 +267,7 @@ def test_folder_build_and_leak_refusal(user_folder, tmp_path, capsys):
     (user_folder / "splits" / "test.txt").write_text("P003\n")
     (user_folder / "splits" / "validation.txt").write_text("P003\nP001\n")  # P003 in two splits
     rc = build_dataset.main(["--name", "uv_vitiligo", "--manual-dir", str(user_folder),
-                             "--data-dir", str(tmp_path / "tfds")])
+                             "--data-dir", str(tmp_path / "tfds"), "--allow-skips"])
     assert rc == 2 and "patient P003 is in test, validation" in capsys.readouterr().err
     (user_folder / "splits" / "validation.txt").write_text("P001\n")
     # --check: the report as JSON, and exit 1 because photos would be skipped
@@ -306,7 +315,8 @@ def test_synthetic_tfds_build_without_tensorflow(tmp_path):
     s = synthetic.render(synthetic.make_patient(0, int(pid[1:])), visit, view, (192, 128))
     assert ex["ratio"] == pytest.approx(s.ratio, rel=1e-5)
     # The build records its crop rule; another margin is another data set, never a silent reuse.
-    assert dict(b.info.metadata) == {"crop_margin": 0.15, "face_mask_source": "synthetic truth"}
+    assert dict(b.info.metadata) == {"crop_margin": 0.15, "face_mask_source": "synthetic truth", "build_options": {
+        "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "max_side": None}}
     with pytest.raises(ValueError, match=r"cropped with margin 0\.15, the run asks for 0\.3; build it with .*--crop-margin 0\.3"):
         tfds_io.check_margin(b, 0.3)
     from vitijax.data.sources import load_splits

@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+from vitijax.data.annotations import FORMATS
+
 
 def _names(text: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in (text or "").split(",") if s.strip())
@@ -30,7 +32,7 @@ def _names(text: str | None) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.import_annotations", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=("coco", "cvat", "labelstudio", "labelme", "yolo", "labelmap"))
+    p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--annotations", required=True, help="the annotation file (coco, cvat, labelstudio) or folder "
                    "(labelme, yolo, labelmap)")
     p.add_argument("--images", help="the folder of the annotated photos (default: beside the annotations)")

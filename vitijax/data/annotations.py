@@ -39,10 +39,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vitijax.data.io import ImageReadError, read_photo, write_png
+from vitijax.data.folder import PHOTO_EXTS
+from vitijax.data.io import ImageReadError, write_png
 
 FORMATS = ("coco", "cvat", "labelstudio", "labelme", "yolo", "labelmap")
-LAYOUT_PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
 @dataclasses.dataclass
@@ -224,16 +224,25 @@ def read_labelme(folder: str, images: str | None = None) -> Iterator[Annotation]
         yield ann
 
 
+def _photos_with(images: str, folder_: str, ext: str, what: str) -> Iterator[tuple[Annotation, str | None]]:
+    """(an empty Annotation of each photo in ``images``, its ``folder_/<stem><ext>`` or None when absent,
+    which is noted as "no <what>")."""
+    photos = {os.path.splitext(n)[0]: os.path.join(images, n) for n in sorted(os.listdir(images))
+              if os.path.splitext(n)[1].lower() in PHOTO_EXTS}
+    for stem, photo in sorted(photos.items()):
+        ann = Annotation(photo, _photo_size(photo))
+        path = os.path.join(folder_, stem + ext)
+        if not os.path.isfile(path):
+            ann.notes.append(f"no {what}: the photo has no annotation")
+            path = None
+        yield ann, path
+
+
 def read_yolo(labels: str, images: str, class_names: Sequence[str]) -> Iterator[Annotation]:
     """YOLO-seg text files (``<stem>.txt`` beside ``images/<stem>.<ext>``): ``class x1 y1 x2 y2 ...`` in [0, 1]."""
-    photos = {os.path.splitext(n)[0]: os.path.join(images, n) for n in sorted(os.listdir(images))
-              if os.path.splitext(n)[1].lower() in (*LAYOUT_PHOTO_EXTS, ".bmp", ".webp")}
-    for stem, photo in sorted(photos.items()):
-        h, w = _photo_size(photo)
-        ann = Annotation(photo, (h, w))
-        txt = os.path.join(labels, stem + ".txt")
-        if not os.path.isfile(txt):
-            ann.notes.append("no label file: the photo has no annotation")
+    for ann, txt in _photos_with(images, labels, ".txt", "label file"):
+        h, w = ann.size
+        if txt is None:
             yield ann
             continue
         for line_no, line in enumerate(open(txt), 1):
@@ -314,14 +323,9 @@ def parse_class_table(spec: str) -> dict[object, str]:
 def read_label_maps(maps: str, images: str, table: Mapping[object, str]) -> Iterator[Annotation]:
     """Label-map PNGs (``<stem>.png`` per photo ``<stem>.<ext>``): each pixel's index or colour is looked up
     in ``table``; values not in it are counted and reported."""
-    photos = {os.path.splitext(n)[0]: os.path.join(images, n) for n in sorted(os.listdir(images))
-              if os.path.splitext(n)[1].lower() in (*LAYOUT_PHOTO_EXTS, ".bmp", ".webp")}
-    for stem, photo in sorted(photos.items()):
-        h, w = _photo_size(photo)
-        ann = Annotation(photo, (h, w))
-        path = os.path.join(maps, stem + ".png")
-        if not os.path.isfile(path):
-            ann.notes.append("no label map: the photo has no annotation")
+    for ann, path in _photos_with(images, maps, ".png", "label map"):
+        h, w = ann.size
+        if path is None:
             yield ann
             continue
         with Image.open(path) as im:
@@ -398,7 +402,7 @@ def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
 
 def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_slot) -> dict:
     """Writes ``out/images|face_masks|vitiligo_masks/<patient>/<visit>/<view>`` (masks {0, 255} PNG; photos
-    copied, or converted to PNG when the layout does not take their format). Returns the report:
+    copied). Returns the report:
     {'photos': n, 'notes': {photo: [...]}}. Two photos for one slot stop the import, naming both."""
     seen: dict[Slot, str] = {}
     report = {"photos": 0, "notes": {}}
@@ -411,11 +415,10 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
         face, lesion, notes = roles(ann, labels)
         rel = os.path.join(slot.patient, str(slot.visit))
         ext = os.path.splitext(ann.photo)[1].lower()
+        if ext not in PHOTO_EXTS:
+            raise ImageReadError(ann.photo, f"not a photo extension the layout takes ({', '.join(PHOTO_EXTS)})")
         os.makedirs(os.path.join(out, "images", rel), exist_ok=True)
-        if ext in LAYOUT_PHOTO_EXTS:
-            shutil.copyfile(ann.photo, os.path.join(out, "images", rel, slot.view + ext))
-        else:
-            Image.fromarray(read_photo(ann.photo)).save(os.path.join(out, "images", rel, slot.view + ".png"))
+        shutil.copyfile(ann.photo, os.path.join(out, "images", rel, slot.view + ext))
         write_png(os.path.join(out, "face_masks", rel, slot.view + ".png"), face * 255)
         write_png(os.path.join(out, "vitiligo_masks", rel, slot.view + ".png"), lesion * 255)
         report["photos"] += 1

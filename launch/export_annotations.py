@@ -29,12 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(os.path.join(a.results, "results.json")):
         print(f"error: {a.results}: no results.json (a launch.analyze output folder?)", file=sys.stderr)
         return 2
-    write = {"coco": ann_lib.write_coco, "cvat": ann_lib.write_cvat}[a.format]
-    n = write(a.out, ann_lib.analysis_masks(a.results))
-    if n == 0:
+    root, rows = ann_lib.analysis_photos(a.results)
+    if not rows:
         print(f"error: {a.results}: no photo with masks to export", file=sys.stderr)
         return 1
-    print(f"wrote {n} photos' face and lesion masks to {a.out} ({a.format})")
+    write = {"coco": ann_lib.write_coco, "cvat": ann_lib.write_cvat}[a.format]
+    n = write(a.out, ann_lib.analysis_masks(a.results))
+    print(f"wrote {n} photos' face and lesion masks to {a.out} ({a.format}), named relative to {root}; bring the "
+          f"corrected file back with python -m launch.import_annotations --format {a.format} --annotations FILE "
+          f"--images {root} --face face --lesion lesion --out ROOT")
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from vitijax.data.annotations import FORMATS
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--annotations", required=True, help="the annotation file (coco, cvat, labelstudio) or folder "
                    "(labelme, yolo, labelmap)")
-    p.add_argument("--images", help="the folder of the annotated photos (default: beside the annotations)")
+    p.add_argument("--images", help="the folder of the annotated photos (needed for yolo and labelmap; default for "
+                   "the others: the annotation file's folder)")
     p.add_argument("--face", help="label(s) whose union is the face mask, comma-separated")
     p.add_argument("--lesion", required=True, help="label(s) whose union is the lesion (vitiligo) mask")
     p.add_argument("--ignore", help="label(s) to leave out without a warning")
@@ -50,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     from vitijax.data import annotations as ann_lib
     from vitijax.data.io import ImageReadError
 
+    if a.format in ("yolo", "labelmap") and (not a.images or os.path.abspath(a.images) == os.path.abspath(a.annotations)):
+        p.error(f"--format {a.format} needs --images, a folder of photos other than the {a.format} files' folder")
     images = a.images or (a.annotations if os.path.isdir(a.annotations) else os.path.dirname(a.annotations))
+    created = not os.path.exists(a.out)
     try:
-        if os.path.exists(a.out) and os.listdir(a.out):
-            raise ValueError(f"{a.out} exists and is not empty; choose a new folder")
         readers = {
             "coco": lambda: ann_lib.read_coco(a.annotations, images),
             "cvat": lambda: ann_lib.read_cvat(a.annotations, images),
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = ann_lib.LabelMap(face=_names(a.face), lesion=_names(a.lesion), ignore=_names(a.ignore))
         report = ann_lib.write_layout(a.out, readers[a.format](), labels, ann_lib.slot_finder(a.pattern, a.ids))
     except (ImageReadError, ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+        if created and os.path.isdir(a.out):
+            shutil.rmtree(a.out)  # nothing half-written is left to block the rerun
         print(f"error: {e}", file=sys.stderr)
         return 2
     with open(os.path.join(a.out, "import_report.json"), "w") as f:

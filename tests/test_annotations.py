@@ -104,7 +104,7 @@ def test_labelme_yolo_labelstudio_cvat_and_label_maps(tmp_path, capsys):
                                 f"0 {40 / W} {30 / H} {59 / W} {30 / H} {59 / W} {49 / H} {40 / W} {49 / H}\n"
                                 "7 0.1 0.1 0.2 0.2 0.3 0.1\n")
     # Label Studio: polygons in percent
-    ls = [{"data": {"image": "/data/local-files/?d=photos/a.png"}, "annotations": [{"result": [
+    ls = [{"data": {"image": "/data/upload/3/8e1f2a3b-a.png"}, "annotations": [{"result": [
         {"type": "polygonlabels", "value": {"points": [[20 / W * 100, 10 / H * 100], [99 / W * 100, 10 / H * 100],
                                                        [99 / W * 100, 89 / H * 100], [20 / W * 100, 89 / H * 100]],
                                             "polygonlabels": ["face"]}},
@@ -167,10 +167,12 @@ def test_labelme_yolo_labelstudio_cvat_and_label_maps(tmp_path, capsys):
             np.testing.assert_array_equal(lesion, want, err_msg=name)  # masks: exact
         else:
             assert _iou(lesion, want) > 0.9 and not lesion[70, 80], name
+            if name != "labelme":  # COCO's and CVAT's polygon rule: the square (40,30)-(59,49) covers 19 x 19 pixels
+                assert lesion.sum() == 19 * 19, (name, lesion.sum())
         assert folder.scan(str(out))[0]
     assert "a 'line' shape labelled 'lesion' is not an area" in notes["labelme"]
     assert "class 7 or 6 coordinates is not a polygon of a known class" in notes["yolo"]
-    assert "'brushlabels' result is not read" in notes["labelstudio"]
+    assert "'brushlabels' result is not read" in notes["labelstudio"]  # and the upload's renamed file was found
     assert "1 pixels of values not in the class table ([1, 2, 3])" in notes["labelmap"]
     np.testing.assert_array_equal(_read(tmp_path / "root_imap", "a")[0], FACE)
 
@@ -206,10 +208,10 @@ def test_analysis_masks_round_trip_through_coco_and_cvat_bit_for_bit(tmp_path, c
     ckpt = _random_lesion_checkpoint(tmp_path / "lesion", 0.15)
     assert export.main(["--workdir", ckpt, "--out", str(tmp_path / "bundle")]) == 0
     photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(2):  # faces RetinaFace finds
+    for i in range(2):  # faces RetinaFace finds, in the layout: every patient has a front.png
         s = synthetic.render(synthetic.make_patient(0, 3), i, "front", (640, 448))
-        Image.fromarray(s.image).save(photos / f"P{i}.png")
+        (photos / f"P{i}" / "0").mkdir(parents=True)
+        Image.fromarray(s.image).save(photos / f"P{i}" / "0" / "front.png")
     res = tmp_path / "results"
     analyze.main(["--model", str(tmp_path / "bundle"), str(photos), "--out", str(res), "--face-mask", "ellipse",
                   "--detector", "retinaface"])
@@ -220,9 +222,10 @@ def test_analysis_masks_round_trip_through_coco_and_cvat_bit_for_bit(tmp_path, c
         out = tmp_path / f"back_{fmt}"
         assert import_annotations.main(["--format", fmt, "--annotations", str(tmp_path / name), "--images",
                                         str(photos), "--face", "face", "--lesion", "lesion", "--out", str(out)]) == 0
+        assert f"--images {photos}" in capsys.readouterr().out  # the export says how to bring it back
         for p in rows:
             want = [np.asarray(Image.open(res / p["files"][k])) > 0 for k in ("face_mask", "lesion_mask")]
-            got = _read(out, os.path.splitext(os.path.basename(p["file"]))[0])
+            got = _read(out, p["patient"], 0, "front")  # the slot comes back from the exported name
             assert want[1].any()  # a random network still marks some lesion pixels: the test has runs to carry
             np.testing.assert_array_equal(got[0], want[0], err_msg=fmt)
             np.testing.assert_array_equal(got[1], want[1] & want[0], err_msg=fmt)

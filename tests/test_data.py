@@ -244,8 +244,11 @@ def test_folder_takes_real_archives_and_says_everything_once(tmp_path):
     (e["images"] / "front.bmp").write_bytes((d["images"] / "oblique.bmp").read_bytes())
     Image.fromarray(np.zeros((160, 112), np.uint8)).save(e["face_masks"] / "front.png")
     Image.fromarray(np.zeros((160, 112), np.uint8)).save(e["vitiligo_masks"] / "front.png")
+    (root / "images" / ".DS_Store").write_bytes(b"\0")  # the file system's, not the researcher's
+    (root / "images" / "P000" / "notes.txt").write_text("seen at 3 pm")
     records, report = folder.scan(root)
     by = {(r.patient, r.visit, r.view): r for r in records}
+    assert ".DS_Store" not in report.to_json() and "[ignored]" in report.text() and "notes.txt" in report.text()
     assert ("P900", 20240315, "oblique") in by and ("P900", 20240315, "chin") in by
     assert by[("P900", 20240315, "chin")].face_mask == ""  # whole-image mode
     text = report.text()

@@ -33,13 +33,14 @@ import json
 import os
 import re
 import shutil
+import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vitijax.data.folder import PHOTO_EXTS
+from vitijax.data.folder import PHOTO_EXTS, parse_visit
 from vitijax.data.io import ImageReadError, write_png
 
 FORMATS = ("coco", "cvat", "labelstudio", "labelme", "yolo", "labelmap")
@@ -51,6 +52,7 @@ class Annotation:
 
     photo: str
     size: tuple[int, int]
+    name: str = ""  # the photo as the annotation file names it (maybe a relative path <patient>/<visit>/<view>.jpg)
     masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)  # what was read but left out, and why
 
@@ -106,13 +108,21 @@ def roles(ann: Annotation, labels: LabelMap) -> tuple[np.ndarray, np.ndarray, li
 # Geometry
 # ----------------------------------------------------------------------------
 
-def polygon_mask(size: tuple[int, int], points: Sequence[Sequence[float]]) -> np.ndarray:
-    """bool [h, w]: the polygon ``points`` [(x, y), ...] in pixel coordinates filled (PIL's rule)."""
+def polygon_mask(size: tuple[int, int], points: Sequence[Sequence[float]], rule: str = "coco") -> np.ndarray:
+    """bool [h, w]: the polygon ``points`` [(x, y), ...] in pixel coordinates, filled by ``rule``: "coco"
+    (pycocotools, the rule of COCO and CVAT: a 10x10 square has 100 pixels) or "pil" (PIL's, which also
+    fills the outline: LabelMe draws its masks so)."""
     h, w = size
-    img = Image.new("L", (w, h), 0)
-    if len(points) >= 3:
+    if len(points) < 3:
+        return np.zeros((h, w), bool)
+    if rule == "pil":
+        img = Image.new("L", (w, h), 0)
         ImageDraw.Draw(img).polygon([(float(x), float(y)) for x, y in points], fill=1)
-    return np.asarray(img, bool)
+        return np.asarray(img, bool)
+    from pycocotools import mask as mask_utils
+
+    flat = [float(v) for xy in points for v in xy]
+    return mask_utils.decode(mask_utils.frPyObjects([flat], h, w))[..., 0] > 0
 
 
 def runs_to_mask(runs: Sequence[int], shape: tuple[int, int], order: str = "C") -> np.ndarray:
@@ -144,9 +154,12 @@ def mask_to_runs(mask: np.ndarray, order: str = "C") -> list[int]:
 # ----------------------------------------------------------------------------
 
 def _photo_size(path: str) -> tuple[int, int]:
+    """(h, w) of the photo as vitijax reads it: upright, after its EXIF orientation (as ``io.read_photo``)."""
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by a quarter turn
+                w, h = h, w
     except (OSError, ValueError) as e:
         raise ImageReadError(path, f"cannot read the photo ({e})") from e
     return h, w
@@ -174,11 +187,12 @@ def read_coco(path: str, images: str) -> Iterator[Annotation]:
         by_image.setdefault(a["image_id"], []).append(a)
     for im in data.get("images", []):
         h, w = int(im["height"]), int(im["width"])
-        ann = Annotation(_find_photo(images, im["file_name"]), (h, w))
+        ann = Annotation(_find_photo(images, im["file_name"]), (h, w), im["file_name"])
         for a in by_image.get(im["id"], []):
             seg = a.get("segmentation")
             label = cats.get(a.get("category_id"), str(a.get("category_id")))
-            if isinstance(seg, list):  # polygons: one list of x, y per piece
+            if isinstance(seg, list):  # polygons: one list of x, y per piece (a piece needs 3 points)
+                seg = [piece for piece in seg if len(piece) >= 6]
                 rles = mask_utils.frPyObjects(seg, h, w) if seg else []
                 m = mask_utils.decode(mask_utils.merge(rles)) if rles else np.zeros((h, w), np.uint8)
             elif isinstance(seg, dict):
@@ -203,14 +217,14 @@ def read_labelme(folder: str, images: str | None = None) -> Iterator[Annotation]
             data = json.load(f)
         photo = _find_photo(images or folder, data["imagePath"])
         h, w = int(data["imageHeight"]), int(data["imageWidth"])
-        ann = Annotation(photo, (h, w))
+        ann = Annotation(photo, (h, w), data["imagePath"])
         for shape in data.get("shapes", []):
             kind, pts = shape.get("shape_type", "polygon"), shape.get("points", [])
             if kind == "polygon":
-                m = polygon_mask((h, w), pts)
+                m = polygon_mask((h, w), pts, rule="pil")
             elif kind == "rectangle":
                 (x0, y0), (x1, y1) = pts
-                m = polygon_mask((h, w), [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+                m = polygon_mask((h, w), [(x0, y0), (x1, y0), (x1, y1), (x0, y1)], rule="pil")
             elif kind == "circle":
                 (cx, cy), (px, py) = pts
                 r = float(np.hypot(px - cx, py - cy))
@@ -263,7 +277,7 @@ def read_cvat(path: str, images: str) -> Iterator[Annotation]:
     root = ET.parse(path).getroot()
     for im in root.iter("image"):
         h, w = int(im.get("height")), int(im.get("width"))
-        ann = Annotation(_find_photo(images, im.get("name")), (h, w))
+        ann = Annotation(_find_photo(images, im.get("name")), (h, w), im.get("name"))
         for el in im:
             label = el.get("label", "")
             if el.tag == "polygon":
@@ -276,9 +290,20 @@ def read_cvat(path: str, images: str) -> Iterator[Annotation]:
                 m = np.zeros((h, w), bool)
                 m[top:top + bh, left:left + bw] = box[: h - top, : w - left]
                 ann.add(label, m)
-            elif el.tag in ("box", "polyline", "points", "tag"):
+            elif el.tag in ("box", "polyline", "points", "tag", "ellipse", "cuboid", "skeleton"):
                 ann.notes.append(f"a CVAT <{el.tag}> labelled {label!r} is not an area: left out")
         yield ann
+
+
+def _find_label_studio_photo(images: str, name: str) -> str:
+    """A Label Studio task's photo under ``images``: by its relative path, its file name, or its file name
+    without the ``8hexdigits-`` prefix Label Studio gives uploaded files."""
+    tries = [name.lstrip("/"), os.path.basename(name), re.sub(r"^[0-9a-f]{8}-", "", os.path.basename(name))]
+    for t in tries:
+        if os.path.isfile(os.path.join(images, t)):
+            return os.path.join(images, t)
+    raise ImageReadError(os.path.join(images, tries[-1]), "the annotated photo is not there (give --images, the "
+                         "folder holding it)")
 
 
 def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
@@ -286,11 +311,11 @@ def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
     with open(path) as f:
         tasks = json.load(f)
     for task in tasks:
-        name = str(task.get("data", {}).get("image", ""))
+        name = urllib.parse.unquote(str(task.get("data", {}).get("image", "")))
         name = name.split("?d=")[-1]  # local-files URLs carry the path after ?d=
-        photo = _find_photo(images, os.path.basename(name))
+        photo = _find_label_studio_photo(images, name)
         h, w = _photo_size(photo)
-        ann = Annotation(photo, (h, w))
+        ann = Annotation(photo, (h, w), os.path.relpath(photo, images))
         for annotation in task.get("annotations", []):
             for r in annotation.get("result", []):
                 value = r.get("value", {})
@@ -329,8 +354,10 @@ def read_label_maps(maps: str, images: str, table: Mapping[object, str]) -> Iter
             yield ann
             continue
         with Image.open(path) as im:
-            colour = im.mode not in ("L", "P", "I", "I;16")
-            arr = np.asarray(im.convert("RGB") if colour else im)
+            # a palette map is compared by colour when the table names colours, by index otherwise
+            colour = im.mode not in ("1", "L", "P", "I", "I;16") or (
+                im.mode == "P" and any(isinstance(k, tuple) for k in table))
+            arr = np.asarray(im.convert("RGB") if colour else (im.convert("L") if im.mode == "1" else im))
         if arr.shape[:2] != (h, w):
             raise ImageReadError(path, f"label map of {arr.shape[1]}x{arr.shape[0]} for a photo of {w}x{h}")
         keys = arr.reshape(-1, 3) if colour else arr.reshape(-1)
@@ -366,8 +393,9 @@ def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
     ``ids_csv``: columns file, patient, visit, view (file: the photo's name). ``pattern``: a regular
     expression searched in the file name, with named groups ``patient`` and optionally ``visit`` and
     ``view`` (e.g. ``(?P<patient>P\\d+)_v(?P<visit>\\d+)_(?P<view>left|front|right)``): augmented copies
-    of one photo named after it stay with one patient. Default: the file stem is the patient, visit 0,
-    view front.
+    of one photo named after it stay with one patient. Default: a name ``<patient>/<visit>/<view>.<ext>``
+    (what ``export_annotations`` writes for a layout) gives those; any other name's file stem is the
+    patient, visit 0, view front.
     """
     table = {}
     if ids_csv:
@@ -383,7 +411,8 @@ def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
     if regex is not None and "patient" not in regex.groupindex:
         raise ValueError(f"--pattern {pattern!r} needs a named group (?P<patient>...)")
 
-    def find(photo: str) -> Slot:
+    def find(ann: Annotation) -> Slot:
+        photo = ann.photo
         name = os.path.basename(photo)
         if table:
             if name not in table:
@@ -394,7 +423,13 @@ def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
             if m is None:
                 raise ValueError(f"{photo}: its name does not match --pattern {pattern!r}")
             g = m.groupdict()
-            return Slot(g["patient"], int(g.get("visit") or 0), (g.get("view") or "front").lower())
+            visit = parse_visit(g.get("visit") or "0")
+            if visit is None:
+                raise ValueError(f"{photo}: visit {g.get('visit')!r} is not a number or a date (2024-03-15)")
+            return Slot(g["patient"], visit, (g.get("view") or "front").lower())
+        parts = (ann.name or name).replace("\\", "/").split("/")
+        if len(parts) >= 3 and parse_visit(parts[-2]) is not None:
+            return Slot(parts[-3], parse_visit(parts[-2]), os.path.splitext(parts[-1])[0].lower())
         return Slot(os.path.splitext(name)[0], 0, "front")
 
     return find
@@ -406,8 +441,10 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
     {'photos': n, 'notes': {photo: [...]}}. Two photos for one slot stop the import, naming both."""
     seen: dict[Slot, str] = {}
     report = {"photos": 0, "notes": {}}
+    if os.path.exists(out) and os.listdir(out):
+        raise ValueError(f"{out} exists and is not empty; choose a new folder")
     for ann in items:
-        slot = find_slot(ann.photo)
+        slot = find_slot(ann)
         if slot in seen:
             raise ValueError(f"{ann.photo} and {seen[slot]} are both patient {slot.patient}, visit {slot.visit}, "
                              f"view {slot.view}: give --pattern or --ids that tell them apart")
@@ -424,6 +461,8 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
         report["photos"] += 1
         if notes:
             report["notes"][ann.photo] = notes
+    if not report["photos"]:
+        raise ValueError("no annotated photo was found (check --annotations and --images)")
     return report
 
 
@@ -431,18 +470,24 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
 # Exporters: launch.analyze's masks as pre-annotations
 # ----------------------------------------------------------------------------
 
-def analysis_masks(results_dir: str) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
-    """(photo path, file name, {'face': bool [h, w], 'lesion': bool [h, w]}) of each photo of a
-    ``launch.analyze`` output folder that got masks."""
+def analysis_photos(results_dir: str) -> tuple[str, list[dict]]:
+    """(the folder holding all of them, the rows) of the photos of a ``launch.analyze`` output folder
+    that got masks."""
     with open(os.path.join(results_dir, "results.json")) as f:
-        data = json.load(f)
-    for p in data["photos"]:
-        files = p.get("files") or {}
-        if "face_mask" not in files:
-            continue
-        masks = {k: np.asarray(Image.open(os.path.join(results_dir, files[f"{k}_mask"]))) > 0
+        rows = [p for p in json.load(f)["photos"] if "face_mask" in (p.get("files") or {})]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p["file"])) for p in rows]) if rows else ""
+    return root, rows
+
+
+def analysis_masks(results_dir: str) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
+    """(photo path, its name relative to the photos' common folder, {'face': bool [h, w], 'lesion':
+    bool [h, w]}) of each photo of a ``launch.analyze`` output folder that got masks. Relative names keep
+    ``<patient>/<visit>/<view>.jpg`` apart (every patient has a front.jpg) and bring the slot back."""
+    root, rows = analysis_photos(results_dir)
+    for p in rows:
+        masks = {k: np.asarray(Image.open(os.path.join(results_dir, p["files"][f"{k}_mask"]))) > 0
                  for k in ("face", "lesion")}
-        yield p["file"], os.path.basename(p["file"]), masks
+        yield p["file"], os.path.relpath(os.path.abspath(p["file"]), root).replace(os.sep, "/"), masks
 
 
 CATEGORIES = ("face", "lesion")

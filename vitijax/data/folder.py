@@ -35,6 +35,7 @@ from vitijax.data.io import MASK_THRESHOLD, ImageReadError, read_mask, read_phot
 
 VIEWS = ("left", "front", "right")  # the paper's three views; any other name is accepted too
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+JUNK_FILES = ("thumbs.db", "desktop.ini")
 AGGREGATE_OVER = 5  # more problems of one kind than this are summarised in one line of text (all in the JSON)
 
 
@@ -55,7 +56,7 @@ class Record:
 class Problem:
     file: str
     problem: str
-    action: str  # "skipped" (the image is left out) or "kept" (a warning)
+    action: str  # "skipped" (the image is left out), "kept" (a warning) or "ignored" (not a photo)
     kind: str = ""  # problems of one kind are summarised together in the text when there are many
 
 
@@ -132,8 +133,11 @@ def _from_layout(root: str, report: Report) -> Iterable[tuple[str, str, str, str
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, images_dir)
             parts = rel.split(os.sep)
+            if name.startswith(".") or name.lower() in JUNK_FILES:
+                continue  # the file system's own files (.DS_Store, Thumbs.db): not the researcher's
             if ext.lower() not in PHOTO_EXTS:
-                report.add(path, f"not a photo extension ({', '.join(PHOTO_EXTS)})", "skipped")
+                report.add(path, f"not a photo extension ({', '.join(PHOTO_EXTS)}): left out", "ignored",
+                           kind="files that are not photos")
                 continue
             if len(parts) != 3:
                 report.add(path, "expected images/<patient>/<visit>/<view>.<ext>", "skipped")

@@ -50,9 +50,10 @@ def with_options(builder, **options):
     was chosen, and the options are recorded in its metadata (:func:`info_metadata`). A data set already
     built there with other options is refused, naming what differs: a rebuild never silently keeps an old
     split."""
-    if not options:
-        return builder
-    config = dataclasses.replace(builder.builder_config, **options)
+    try:
+        config = dataclasses.replace(builder.builder_config, **options)
+    except TypeError as e:  # e.g. --folds on the synthetic builder
+        raise ValueError(f"{builder.name} does not take {', '.join(sorted(options))}: {e}") from e
     builder._builder_config = config  # TFDS refuses a custom config named like a shipped one; this is that config
     wanted = {k: getattr(config, k) for k in SPLIT_FIELDS if hasattr(config, k)}
     if is_prepared(builder):

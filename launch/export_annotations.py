@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.results}: no photo with masks to export", file=sys.stderr)
         return 1
     write = {"coco": ann_lib.write_coco, "cvat": ann_lib.write_cvat}[a.format]
-    n = write(a.out, ann_lib.analysis_masks(a.results))
+    n = write(a.out, ann_lib.analysis_masks(a.results, root, rows))
     print(f"wrote {n} photos' face and lesion masks to {a.out} ({a.format}), named relative to {root}; bring the "
           f"corrected file back with python -m launch.import_annotations --format {a.format} --annotations FILE "
           f"--images {root} --face face --lesion lesion --out ROOT")

@@ -82,7 +82,7 @@ def configure(config):
     check_keys(config.augment, task.AUGMENT_KEYS, "config.augment")
     check_keys(config.data, DATA_KEYS, "config.data")
     check_keys(config.optimizer, OPTIMIZER_KEYS, "config.optimizer")
-    aug = Augment(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.augment.items()})
+    aug = Augment(**config.augment)  # Augment makes scale_range a tuple
     return task, task.contract(config.input), aug
 
 

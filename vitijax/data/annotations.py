@@ -165,13 +165,14 @@ def _photo_size(path: str) -> tuple[int, int]:
     return h, w
 
 
-def _find_photo(images: str, name: str) -> str:
+def _find_photo(images: str, name: str, *alternatives: str) -> str:
+    """The photo an annotation file names: ``name`` (absolute, or under ``images``), its file name under
+    ``images``, or one of ``alternatives`` under ``images``."""
     path = name if os.path.isabs(name) else os.path.join(images, name)
-    if os.path.isfile(path):
-        return path
-    alt = os.path.join(images, os.path.basename(name))
-    if os.path.isfile(alt):
-        return alt
+    for candidate in (path, os.path.join(images, os.path.basename(name)),
+                      *(os.path.join(images, a) for a in alternatives)):
+        if os.path.isfile(candidate):
+            return candidate
     raise ImageReadError(path, "the annotated photo is not there (give --images, the folder holding it)")
 
 
@@ -295,25 +296,15 @@ def read_cvat(path: str, images: str) -> Iterator[Annotation]:
         yield ann
 
 
-def _find_label_studio_photo(images: str, name: str) -> str:
-    """A Label Studio task's photo under ``images``: by its relative path, its file name, or its file name
-    without the ``8hexdigits-`` prefix Label Studio gives uploaded files."""
-    tries = [name.lstrip("/"), os.path.basename(name), re.sub(r"^[0-9a-f]{8}-", "", os.path.basename(name))]
-    for t in tries:
-        if os.path.isfile(os.path.join(images, t)):
-            return os.path.join(images, t)
-    raise ImageReadError(os.path.join(images, tries[-1]), "the annotated photo is not there (give --images, the "
-                         "folder holding it)")
-
-
 def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
     """A Label Studio JSON export: ``polygonlabels`` results, points in percent of the image."""
     with open(path) as f:
         tasks = json.load(f)
     for task in tasks:
         name = urllib.parse.unquote(str(task.get("data", {}).get("image", "")))
-        name = name.split("?d=")[-1]  # local-files URLs carry the path after ?d=
-        photo = _find_label_studio_photo(images, name)
+        name = name.split("?d=")[-1].lstrip("/")  # local-files URLs carry the path after ?d=
+        # uploaded files are renamed "<8 hex digits>-<name>"
+        photo = _find_photo(images, name, re.sub(r"^[0-9a-f]{8}-", "", os.path.basename(name)))
         h, w = _photo_size(photo)
         ann = Annotation(photo, (h, w), os.path.relpath(photo, images))
         for annotation in task.get("annotations", []):
@@ -479,11 +470,10 @@ def analysis_photos(results_dir: str) -> tuple[str, list[dict]]:
     return root, rows
 
 
-def analysis_masks(results_dir: str) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
-    """(photo path, its name relative to the photos' common folder, {'face': bool [h, w], 'lesion':
-    bool [h, w]}) of each photo of a ``launch.analyze`` output folder that got masks. Relative names keep
+def analysis_masks(results_dir: str, root: str, rows: Sequence[dict]) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
+    """(photo path, its name relative to ``root``, {'face': bool [h, w], 'lesion': bool [h, w]}) of each
+    of ``rows`` (:func:`analysis_photos` of a ``launch.analyze`` output folder). Relative names keep
     ``<patient>/<visit>/<view>.jpg`` apart (every patient has a front.jpg) and bring the slot back."""
-    root, rows = analysis_photos(results_dir)
     for p in rows:
         masks = {k: np.asarray(Image.open(os.path.join(results_dir, p["files"][f"{k}_mask"]))) > 0
                  for k in ("face", "lesion")}

@@ -81,14 +81,14 @@ def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> di
 
 
 def segmentation_row(index, out, ids) -> dict[str, Any]:
-    return image_row(index, {k: ids.get(k) for k in ID_KEYS}, out["face"], out["crop"])
+    return image_row(index, ids, out["face"], out["crop"])
 
 
 def summarize_rows(rows, meta=None) -> tuple[dict[str, float], dict[str, Any]]:
     """(flat: face-region pooled scores, crop_ scores, ratio_mae, images; the whole summary)."""
-    s = summarize(rows)
     if not rows:
         raise ValueError("the evaluation split is empty: nothing to evaluate")
+    s = summarize(rows)
     flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
             "ratio_mae": s["ratio"]["mae"], "images": s["images"]}
     return flat, s

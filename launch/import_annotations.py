@@ -6,7 +6,8 @@
     python -m launch.build_dataset --name uv_vitiligo --manual-dir ROOT
 
 Formats (``vitijax/data/annotations.py``; an example of each in BUILD.md): ``coco`` (JSON, polygons and
-RLE), ``cvat`` (CVAT for images 1.1 XML, polygons and masks), ``labelstudio`` (JSON export, polygons),
+RLE), ``cvat`` (CVAT for images 1.1 XML, polygons and masks), ``labelstudio`` (JSON export, polygons
+and brush masks; tasks nobody annotated are skipped and reported),
 ``labelme`` (a folder of JSON files), ``yolo`` (a folder of YOLO-seg .txt files; --classes names them in
 order), ``labelmap`` (a folder of label-map PNGs; --class-table maps indices or colours to labels).
 ``--face`` and ``--lesion`` name the labels that make each mask (several, comma-separated: e.g. a
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for photo, notes in report["notes"].items():
         for note in notes:
             print(f"  {photo}: {note}", file=sys.stderr)
-    print(f"imported {report['photos']} photos into {a.out} ({len(report['notes'])} with notes; "
+    for photo, why in report["skipped"].items():
+        print(f"  {photo}: skipped: {why}", file=sys.stderr)
+    skipped = f"{len(report['skipped'])} skipped, " if report["skipped"] else ""
+    print(f"imported {report['photos']} photos into {a.out} ({skipped}{len(report['notes'])} with notes; "
           f"{os.path.join(a.out, 'import_report.json')}). Next: python -m launch.build_dataset --name uv_vitiligo "
           f"--manual-dir {a.out}")
     return 0

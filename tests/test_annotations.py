@@ -7,6 +7,7 @@ import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from launch import export_annotations, import_annotations
@@ -89,6 +90,7 @@ def test_labelme_yolo_labelstudio_cvat_and_label_maps(tmp_path, capsys):
     images = tmp_path / "photos"
     images.mkdir()
     _photo(images / "a.png")
+    _photo(images / "b.png", 1)
     # LabelMe: a polygon, a rectangle and a line (not an area)
     lm = tmp_path / "labelme"
     lm.mkdir()
@@ -111,7 +113,11 @@ def test_labelme_yolo_labelstudio_cvat_and_label_maps(tmp_path, capsys):
         {"type": "polygonlabels", "value": {"points": [[40 / W * 100, 30 / H * 100], [59 / W * 100, 30 / H * 100],
                                                        [59 / W * 100, 49 / H * 100], [40 / W * 100, 49 / H * 100]],
                                             "polygonlabels": ["lesion"]}},
-        {"type": "brushlabels", "value": {"format": "rle", "rle": [1, 2], "brushlabels": ["lesion"]}}]}]}]
+        {"type": "brushlabels", "original_width": W, "original_height": H,
+         "value": {"format": "rle", "rle": ann_lib.mask_to_brush(_rect(70, 60, 90, 80)), "brushlabels": ["lesion"]}},
+        {"type": "choices", "value": {"choices": ["blurred"]}}]}]},
+        # a photo nobody reviewed: only its pre-annotation, which is never taken for the truth
+        {"data": {"image": "/data/local-files/?d=b.png"}, "annotations": [], "predictions": [{"result": []}]}]
     (tmp_path / "ls.json").write_text(json.dumps(ls))
     # CVAT: a face polygon and a lesion mask with a hole
     hole = LESION.copy()
@@ -165,6 +171,9 @@ def test_labelme_yolo_labelstudio_cvat_and_label_maps(tmp_path, capsys):
         want = hole if name == "cvat" else (LESION if name in ("labelmap", "imap") else _rect(40, 30, 60, 50))
         if name in ("cvat", "labelmap", "imap"):
             np.testing.assert_array_equal(lesion, want, err_msg=name)  # masks: exact
+        elif name == "labelstudio":  # a polygon and a brush mask (exact) of one label
+            np.testing.assert_array_equal(lesion[55:], _rect(70, 60, 90, 80)[55:])
+            assert lesion[:55].sum() == 19 * 19
         else:
             assert _iou(lesion, want) > 0.9 and not lesion[70, 80], name
             if name != "labelme":  # COCO's and CVAT's polygon rule: the square (40,30)-(59,49) covers 19 x 19 pixels
@@ -172,9 +181,38 @@ def test_labelme_yolo_labelstudio_cvat_and_label_maps(tmp_path, capsys):
         assert folder.scan(str(out))[0]
     assert "a 'line' shape labelled 'lesion' is not an area" in notes["labelme"]
     assert "class 7 or 6 coordinates is not a polygon of a known class" in notes["yolo"]
-    assert "'brushlabels' result is not read" in notes["labelstudio"]  # and the upload's renamed file was found
+    # the upload's renamed file was found; the unreviewed photo was not imported
+    assert "a Label Studio 'choices' result is not an area" in notes["labelstudio"]
+    assert f"{images / 'b.png'}: skipped: no annotation, only pre-annotations nobody reviewed" in notes["labelstudio"]
+    assert json.loads((tmp_path / "root_labelstudio" / "import_report.json").read_text())["photos"] == 1
     assert "1 pixels of values not in the class table ([1, 2, 3])" in notes["labelmap"]
     np.testing.assert_array_equal(_read(tmp_path / "root_imap", "a")[0], FACE)
+
+
+def test_label_studio_brush_rle_against_a_hand_written_bit_stream():
+    """Label Studio's brush RLE (rle-pack over RGBA): a 2x2 mask with its diagonal set, written bit by bit."""
+    mask = np.array([[1, 0], [0, 1]], bool)
+    header = f"{16:032b}" + "00111" + "0010" "0011" "0111" "1111"  # 16 values, 8-bit words, sizes 3, 4, 8, 16
+    on, off = "11111111", "00000000"
+
+    def packed(bits):
+        bits += "0" * (-len(bits) % 8)
+        return [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+
+    # literal block of 4 words, a run of 8 zeros (size 3 bits), a run of 4 (size 4 bits)
+    literal = header + "0" "00" "011" + on * 4 + "1" "00" "111" + off + "1" "01" "0011" + on
+    np.testing.assert_array_equal(ann_lib.brush_to_mask(packed(literal), (2, 2)), mask)
+    # what the exporter writes: runs only, each with the smallest length field
+    assert ann_lib.mask_to_brush(mask) == packed(header + "1" "00" "011" + on + "1" "00" "111" + off + "1" "00" "011" + on)
+    big = np.random.default_rng(0).random((300, 301)) > 0.3
+    big[:250] = False  # runs longer than a 16-bit length field holds
+    np.testing.assert_array_equal(ann_lib.brush_to_mask(ann_lib.mask_to_brush(big), big.shape), big)
+    try:
+        ann_lib.brush_to_mask(packed(literal), (3, 2))
+    except ValueError as e:
+        assert "brush RLE holds 16 values, an RGBA image of 2x3 has 24" in str(e)
+    else:
+        raise AssertionError("a brush mask of the wrong size was read")
 
 
 def test_import_refuses_two_photos_for_one_slot_and_a_missing_photo(tmp_path, capsys):
@@ -199,8 +237,8 @@ def test_import_refuses_two_photos_for_one_slot_and_a_missing_photo(tmp_path, ca
     assert "gone.jpg: the annotated photo is not there" in capsys.readouterr().err
 
 
-def test_analysis_masks_round_trip_through_coco_and_cvat_bit_for_bit(tmp_path, capsys):
-    """analyze's own output -> COCO / CVAT pre-annotations -> import: the same masks, bit for bit."""
+def test_analysis_masks_round_trip_through_coco_cvat_and_label_studio_bit_for_bit(tmp_path, capsys):
+    """analyze's own output -> COCO / CVAT / Label Studio pre-annotations -> import: the same masks, bit for bit."""
     from launch import analyze, export
     from tests.test_contract import _random_lesion_checkpoint
     from vitijax.data import synthetic
@@ -217,8 +255,15 @@ def test_analysis_masks_round_trip_through_coco_and_cvat_bit_for_bit(tmp_path, c
                   "--detector", "retinaface"])
     rows = [p for p in json.loads((res / "results.json").read_text())["photos"] if "face_mask" in p.get("files", {})]
     assert len(rows) == 2
-    for fmt, name in (("coco", "pre.json"), ("cvat", "pre.xml")):
+    for fmt, name in (("coco", "pre.json"), ("cvat", "pre.xml"), ("labelstudio", "tasks.json")):
         assert export_annotations.main([str(res), "--format", fmt, "--out", str(tmp_path / name)]) == 0
+        if fmt == "labelstudio":  # a reviewer submits each pre-annotation unchanged: Label Studio's export
+            tasks = json.loads((tmp_path / name).read_text())
+            assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=P0/0/front.png",
+                                                           "/data/local-files/?d=P1/0/front.png"]
+            for t in tasks:
+                t["annotations"] = [{"id": 1, "result": t.pop("predictions")[0]["result"]}]
+            (tmp_path / name).write_text(json.dumps(tasks))
         out = tmp_path / f"back_{fmt}"
         assert import_annotations.main(["--format", fmt, "--annotations", str(tmp_path / name), "--images",
                                         str(photos), "--face", "face", "--lesion", "lesion", "--out", str(out)]) == 0
@@ -231,25 +276,80 @@ def test_analysis_masks_round_trip_through_coco_and_cvat_bit_for_bit(tmp_path, c
             np.testing.assert_array_equal(got[1], want[1] & want[0], err_msg=fmt)
 
 
-def test_imported_folder_builds_and_trains_with_grain_workers(tmp_path, capsys):
-    """Ten patients' YOLO-seg labels -> the layout -> launch.build_dataset -> one training step with two
-    grain workers: the path a user of another tool takes to their first run."""
+def _ten_patients(fmt, tmp_path):
+    """Ten patients' front photos annotated in ``fmt`` (the face a polygon or rectangle, the lesion a
+    polygon, RLE or mask, drifting with the patient): the import arguments that read them."""
+    images, ann = tmp_path / "photos", tmp_path / "annotations"
+    images.mkdir()
+    ann.mkdir()
+    names = [f"P{i:02d}_front.png" for i in range(10)]
+    faces = [[(20, 10), (99, 10), (99, 89), (20, 89)]] * 10
+    lesions = [_rect(40 + i, 30, 60 + i, 50) | _rect(70, 60 + i, 90, 70 + i) for i in range(10)]  # two pieces
+    for i, name in enumerate(names):
+        _photo(images / name, i)
+    if fmt == "coco":
+        data = {"images": [{"id": i, "file_name": n, "height": H, "width": W} for i, n in enumerate(names, 1)],
+                "categories": [{"id": 1, "name": "face"}, {"id": 2, "name": "lesion"}],
+                "annotations": [a for i in range(10) for a in (
+                    {"id": 2 * i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                     "segmentation": [[float(v) for p in faces[i] for v in p]]},
+                    {"id": 2 * i + 2, "image_id": i + 1, "category_id": 2, "iscrowd": 1,
+                     "segmentation": {"size": [H, W], "counts": ann_lib.mask_to_runs(lesions[i], order="F")}})]}
+        (ann / "coco.json").write_text(json.dumps(data))
+        return ["--annotations", str(ann / "coco.json"), "--images", str(images)]
+    if fmt == "cvat":
+        items = [(None, n, {"face": FACE.astype(bool), "lesion": lesions[i].astype(bool)}) for i, n in enumerate(names)]
+        ann_lib.write_cvat(str(ann / "cvat.xml"), items)
+        return ["--annotations", str(ann / "cvat.xml"), "--images", str(images)]
+    if fmt == "labelstudio":
+        tasks = [{"data": {"image": f"/data/upload/1/0a1b2c3d-{n}"}, "annotations": [{"id": i, "result": [
+            {"type": "polygonlabels", "value": {"points": [[x / W * 100, y / H * 100] for x, y in faces[i]],
+                                                "polygonlabels": ["face"]}},
+            {"type": "brushlabels", "original_width": W, "original_height": H,
+             "value": {"format": "rle", "rle": ann_lib.mask_to_brush(lesions[i]), "brushlabels": ["lesion"]}}]}]}
+            for i, n in enumerate(names)]
+        (ann / "ls.json").write_text(json.dumps(tasks))
+        return ["--annotations", str(ann / "ls.json"), "--images", str(images)]
+    if fmt == "labelme":
+        for i, n in enumerate(names):
+            (ann / n.replace(".png", ".json")).write_text(json.dumps({
+                "imagePath": n, "imageHeight": H, "imageWidth": W, "shapes": [
+                    {"label": "face", "shape_type": "rectangle", "points": [[20, 10], [99, 89]]},
+                    {"label": "lesion", "shape_type": "polygon",
+                     "points": [[40 + i, 30], [59 + i, 30], [59 + i, 49], [40 + i, 49]]},
+                    {"label": "lesion", "shape_type": "rectangle", "points": [[70, 60 + i], [89, 69 + i]]}]}))
+        return ["--annotations", str(ann), "--images", str(images)]
+    if fmt == "yolo":
+        for i, n in enumerate(names):
+            (ann / n.replace(".png", ".txt")).write_text(
+                "0 " + " ".join(f"{x / W} {y / H}" for x, y in faces[i]) + "\n"
+                f"1 {(40 + i) / W} {30 / H} {(59 + i) / W} {30 / H} {(59 + i) / W} {49 / H} {(40 + i) / W} {49 / H}\n"
+                f"1 {70 / W} {(60 + i) / H} {90 / W} {(60 + i) / H} {90 / W} {(70 + i) / H} {70 / W} {(70 + i) / H}\n")
+        return ["--annotations", str(ann), "--images", str(images), "--classes", "face,lesion"]
+    assert fmt == "labelmap"
+    for i, n in enumerate(names):
+        colour = np.zeros((H, W, 3), np.uint8)
+        colour[FACE > 0] = (0, 255, 0)
+        colour[lesions[i] > 0] = (255, 0, 0)
+        Image.fromarray(colour).save(ann / n)
+    return ["--annotations", str(ann), "--images", str(images), "--class-table", "#00ff00=face,#ff0000=lesion"]
+
+
+@pytest.mark.parametrize("fmt", ann_lib.FORMATS)
+def test_imported_folder_builds_and_trains_with_grain_workers(fmt, tmp_path, capsys):
+    """Ten patients annotated in each tool's format -> the layout -> launch.build_dataset -> one training
+    step of the paper's config with two grain workers: the path a user of another tool takes to their
+    first run."""
     from launch import build_dataset
     from launch.configs import paper
     from vitijax.train import train_and_evaluate
 
-    images, labels = tmp_path / "photos", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for i in range(10):
-        _photo(images / f"P{i:02d}_front.png", i)
-        (labels / f"P{i:02d}_front.txt").write_text(
-            f"0 {20 / W} {10 / H} {99 / W} {10 / H} {99 / W} {89 / H} {20 / W} {89 / H}\n"
-            f"1 {(40 + i) / W} {30 / H} {(59 + i) / W} {30 / H} {(59 + i) / W} {49 / H} {(40 + i) / W} {49 / H}\n")
     root = tmp_path / "root"
-    assert import_annotations.main(["--format", "yolo", "--annotations", str(labels), "--images", str(images),
-                                    "--classes", "face,lesion", "--face", "face", "--lesion", "lesion",
+    face = ["--face", "face,lesion"] if fmt == "labelmap" else ["--face", "face"]
+    assert import_annotations.main(["--format", fmt, *_ten_patients(fmt, tmp_path), *face, "--lesion", "lesion",
                                     "--pattern", r"(?P<patient>P\d+)_(?P<view>front)", "--out", str(root)]) == 0
+    face, lesion = _read(root, "P03")
+    assert _iou(face, FACE) > 0.95 and lesion[40, 50] and lesion[65, 80] and not lesion[40, 42]
     assert build_dataset.main(["--name", "uv_vitiligo", "--manual-dir", str(root), "--data-dir",
                                str(tmp_path / "tfds")]) == 0
     c = paper.get_config("23-slim")  # the paper's config as shipped (four grain workers), made small

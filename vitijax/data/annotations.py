@@ -11,8 +11,7 @@ uv_vitiligo`` reads. Formats (a 5-line example of each is in BUILD.md):
 * ``cvat``: CVAT for images 1.1 XML; ``<polygon>`` and ``<mask>`` (CVAT's
   run lengths over the mask's box, starting with background);
 * ``labelstudio``: a Label Studio JSON export; ``polygonlabels`` (points in
-  percent of the image). Brush strokes (Label Studio's bit-packed RLE) are
-  reported and left out;
+  percent of the image) and ``brushlabels`` (Label Studio's bit-packed RLE);
 * ``labelme``: LabelMe JSON files; polygons, rectangles, circles;
 * ``yolo``: YOLO-seg text files, one line per polygon, ``class x y x y ...``
   normalised to [0, 1], with the class names in order;
@@ -20,8 +19,8 @@ uv_vitiligo`` reads. Formats (a 5-line example of each is in BUILD.md):
   a class table from an index (``3``) or a colour (``#ff0000``) to a label.
 
 Exporters write the masks of ``launch.analyze`` (``results.json`` and each
-photo's ``face_mask.png`` / ``lesion_mask.png``) as COCO (RLE) or CVAT
-(``<mask>``) pre-annotations, which a clinician corrects in the tool and
+photo's ``face_mask.png`` / ``lesion_mask.png``) as COCO (RLE), CVAT
+(``<mask>``) or Label Studio (brush ``predictions``) pre-annotations, which a clinician corrects in the tool and
 imports back: the round trip gives the same masks bit for bit.
 """
 
@@ -55,6 +54,7 @@ class Annotation:
     name: str = ""  # the photo as the annotation file names it (maybe a relative path <patient>/<visit>/<view>.jpg)
     masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)  # what was read but left out, and why
+    skip: str = ""  # why this photo is not imported at all (e.g. nobody annotated it)
 
     def add(self, label: str, mask: np.ndarray) -> None:
         mask = np.asarray(mask, bool)
@@ -296,10 +296,77 @@ def read_cvat(path: str, images: str) -> Iterator[Annotation]:
         yield ann
 
 
+# Label Studio's brush masks: the rle-pack bit stream of an RGBA image flattened [h * w * 4] (the mask is
+# the alpha channel). Header: the value count (32 bits), the word size - 1 (5 bits), four run-length
+# field sizes - 1 (4 bits each). Then blocks: a flag bit (1: one word repeated, 0: literal words), 2 bits
+# choosing the field size, the block length - 1 in that many bits, then the word(s). Bits are read most
+# significant first.
+_BRUSH_WORD = 8
+_BRUSH_SIZES = (3, 4, 8, 16)
+
+
+def brush_to_mask(rle: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """Label Studio brush RLE (a list of byte values) -> bool ``shape`` (h, w): the alpha channel > 0."""
+    bits = "".join(f"{int(b) & 0xFF:08b}" for b in rle)
+    pos = 0
+
+    def read(n: int) -> int:
+        nonlocal pos
+        if pos + n > len(bits):
+            raise ValueError(f"brush RLE ends early (bit {pos} of {len(bits)})")
+        pos += n
+        return int(bits[pos - n:pos], 2)
+
+    num = read(32)
+    h, w = shape
+    if num != h * w * 4:
+        raise ValueError(f"brush RLE holds {num} values, an RGBA image of {w}x{h} has {h * w * 4}")
+    word = read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    out = np.zeros(num, np.uint32)
+    i = 0
+    while i < num:
+        repeated = read(1)
+        j = i + 1 + read(sizes[read(2)])
+        if j > num:
+            raise ValueError(f"brush RLE runs past its {num} values")
+        if repeated:
+            out[i:j] = read(word)
+        else:
+            out[i:j] = [read(word) for _ in range(j - i)]
+        i = j
+    return out.reshape(h, w, 4)[..., 3] > 0
+
+
+def mask_to_brush(mask: np.ndarray) -> list[int]:
+    """bool [h, w] -> Label Studio brush RLE (byte values): every channel of a masked pixel 255, as
+    Label Studio draws it; :func:`brush_to_mask` inverts it."""
+    flat = np.repeat(np.asarray(mask, bool).reshape(-1), 4).astype(np.uint8) * 255
+    parts = [f"{flat.size:032b}", f"{_BRUSH_WORD - 1:05b}", *(f"{s - 1:04b}" for s in _BRUSH_SIZES)]
+    change = np.flatnonzero(np.diff(flat)) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [flat.size]]))
+    longest = 1 << _BRUSH_SIZES[-1]
+    for start, length in zip(starts.tolist(), lengths.tolist()):
+        value = f"{int(flat[start]):0{_BRUSH_WORD}b}"
+        while length:
+            n = min(length, longest)
+            k = next(k for k, s in enumerate(_BRUSH_SIZES) if n - 1 < (1 << s))
+            parts.append(f"1{k:02b}{n - 1:0{_BRUSH_SIZES[k]}b}{value}")
+            length -= n
+    bits = "".join(parts)
+    bits += "0" * (-len(bits) % 8)
+    return [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+
+
 def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
-    """A Label Studio JSON export: ``polygonlabels`` results, points in percent of the image."""
+    """A Label Studio JSON export: ``polygonlabels`` (points in percent of the image) and ``brushlabels``
+    (brush RLE) results of each task's latest annotation. A task that holds only pre-annotations
+    (predictions nobody reviewed) is skipped and reported, never taken for the truth."""
     with open(path) as f:
         tasks = json.load(f)
+    if not isinstance(tasks, list):
+        raise ValueError(f"{path}: expected a list of tasks (Label Studio's JSON export)")
     for task in tasks:
         name = urllib.parse.unquote(str(task.get("data", {}).get("image", "")))
         name = name.split("?d=")[-1].lstrip("/")  # local-files URLs carry the path after ?d=
@@ -307,15 +374,33 @@ def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
         photo = _find_photo(images, name, re.sub(r"^[0-9a-f]{8}-", "", os.path.basename(name)))
         h, w = _photo_size(photo)
         ann = Annotation(photo, (h, w), os.path.relpath(photo, images))
-        for annotation in task.get("annotations", []):
-            for r in annotation.get("result", []):
-                value = r.get("value", {})
-                if r.get("type") == "polygonlabels":
-                    pts = [(x / 100.0 * w, y / 100.0 * h) for x, y in value.get("points", [])]
-                    for label in value.get("polygonlabels", []):
-                        ann.add(label, polygon_mask((h, w), pts))
-                else:
-                    ann.notes.append(f"a Label Studio {r.get('type')!r} result is not read (polygons only): left out")
+        done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        if not done:
+            ann.skip = ("no annotation, only pre-annotations nobody reviewed" if task.get("predictions")
+                        else "no annotation")
+            yield ann
+            continue
+        if len(done) > 1:
+            ann.notes.append(f"{len(done)} annotations of this photo: the last one (id {done[-1].get('id')}) is read")
+        for r in done[-1].get("result", []):
+            value = r.get("value", {})
+            if r.get("type") == "polygonlabels":
+                pts = [(x / 100.0 * w, y / 100.0 * h) for x, y in value.get("points", [])]
+                for label in value.get("polygonlabels", []):
+                    ann.add(label, polygon_mask((h, w), pts))
+            elif r.get("type") == "brushlabels" and value.get("format") == "rle":
+                size = (int(r.get("original_height", h)), int(r.get("original_width", w)))
+                if size != (h, w):
+                    raise ValueError(f"{path}: a brush mask of {size[1]}x{size[0]} for {photo}, which is {w}x{h}")
+                try:
+                    mask = brush_to_mask(value.get("rle", []), size)
+                except ValueError as e:
+                    raise ValueError(f"{path}: {photo}: {e}") from e
+                for label in value.get("brushlabels", []):
+                    ann.add(label, mask)
+            else:
+                ann.notes.append(f"a Label Studio {r.get('type')!r} result is not an area (polygons and brush "
+                                 "masks are read): left out")
         yield ann
 
 
@@ -429,12 +514,16 @@ def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
 def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_slot) -> dict:
     """Writes ``out/images|face_masks|vitiligo_masks/<patient>/<visit>/<view>`` (masks {0, 255} PNG; photos
     copied). Returns the report:
-    {'photos': n, 'notes': {photo: [...]}}. Two photos for one slot stop the import, naming both."""
+    {'photos': n, 'notes': {photo: [...]}, 'skipped': {photo: why}}. Two photos for one slot stop the
+    import, naming both."""
     seen: dict[Slot, str] = {}
-    report = {"photos": 0, "notes": {}}
+    report = {"photos": 0, "notes": {}, "skipped": {}}
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(f"{out} exists and is not empty; choose a new folder")
     for ann in items:
+        if ann.skip:
+            report["skipped"][ann.photo] = ann.skip
+            continue
         slot = find_slot(ann)
         if slot in seen:
             raise ValueError(f"{ann.photo} and {seen[slot]} are both patient {slot.patient}, visit {slot.visit}, "
@@ -453,6 +542,10 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
         if notes:
             report["notes"][ann.photo] = notes
     if not report["photos"]:
+        if report["skipped"]:
+            first = next(iter(report["skipped"].items()))
+            raise ValueError(f"no photo was imported: all {len(report['skipped'])} were skipped ({first[0]}: "
+                             f"{first[1]})")
         raise ValueError("no annotated photo was found (check --annotations and --images)")
     return report
 
@@ -527,3 +620,24 @@ def write_cvat(path: str, items: Iterable[tuple[str, str, dict[str, np.ndarray]]
         n += 1
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
     return n
+
+
+def write_labelstudio(path: str, items: Iterable[tuple[str, str, dict[str, np.ndarray]]]) -> int:
+    """Label Studio tasks (JSON) with the masks as brush pre-annotations (``predictions``), one task per
+    photo; the photo is ``/data/local-files/?d=<name>``, served by Label Studio's local storage from the
+    folder the names are relative to. The labelling config must name the brush tag ``tag`` and the image
+    ``image`` with labels face and lesion (BUILD.md shows it)."""
+    from vitijax import __version__
+
+    tasks = []
+    for _, name, masks in items:
+        h, w = next(iter(masks.values())).shape
+        result = [{"id": f"{cat}{len(tasks)}", "from_name": "tag", "to_name": "image", "type": "brushlabels",
+                   "original_width": w, "original_height": h, "image_rotation": 0,
+                   "value": {"format": "rle", "rle": mask_to_brush(masks[cat]), "brushlabels": [cat]}}
+                  for cat in CATEGORIES if masks[cat].any()]
+        tasks.append({"data": {"image": "/data/local-files/?d=" + urllib.parse.quote(name)},
+                      "predictions": [{"model_version": f"vitijax {__version__}", "result": result}]})
+    with open(path, "w") as f:
+        json.dump(tasks, f)
+    return len(tasks)

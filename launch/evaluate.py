@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import os
 import sys
 
@@ -74,11 +75,13 @@ def run_model(a) -> int:
     mesh = sharding.make_mesh()
     batch = a.batch_size * jax.device_count() if a.batch_size % jax.device_count() else a.batch_size
     ev = compile_eval_step(task, model, mesh)
+    # where the data set's face masks came from: annotation, or the whole photo (folders without face masks)
+    face_region = str((builder.info.metadata or {}).get("face_mask_source", "annotation"))
     print(f"evaluating {task.describe(meta)} ({task.NAME}) from {model_dir} on {name}/{split} ({len(source)} images, "
-          f"input {size[0]}x{size[1]}, crop margin {contract.margin:g}) ...", flush=True)
+          f"input {size[0]}x{size[1]}, crop margin {contract.margin:g}, face region: {face_region}) ...", flush=True)
     rows, preds = task.evaluate(ev, jax.device_put(variables, sharding.replicated(mesh)), source, contract, batch,
                                 mesh, keep_predictions=True)
-    summary = summarize(rows, bootstrap=a.bootstrap)
+    summary = {**summarize(rows, bootstrap=a.bootstrap), "face_region": face_region}
 
     def overlay(row):
         # the image, the prediction, the truth and the region scored, all at the input size, as evaluated
@@ -88,7 +91,8 @@ def run_model(a) -> int:
         return img, preds[row["index"]], ex["label"].astype(np.uint8), (None if region.all() else region)
 
     paths = write_report(a.out, rows, summary, title=f"vitijax evaluation: {task.describe(meta)} ({task.NAME}) on "
-                         f"{name}/{split}", overlay_source=overlay, max_overlays=a.max_overlays, report=task.REPORT)
+                         f"{name}/{split}", overlay_source=overlay, max_overlays=a.max_overlays, report=task.REPORT,
+                         extra_html=f"<p>Face region of the data set: {html.escape(face_region)}</p>")
     _print(summary, paths, task.REPORT)
     return 0
 

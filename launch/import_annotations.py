@@ -11,8 +11,8 @@ and brush masks; tasks nobody annotated are skipped and reported),
 ``labelme`` (a folder of JSON files), ``yolo`` (a folder of YOLO-seg .txt files; --classes names them in
 order), ``labelmap`` (a folder of label-map PNGs; --class-table maps indices or colours to labels).
 ``--face`` and ``--lesion`` name the labels that make each mask (several, comma-separated: e.g. a
-face-parsing map's skin,nose,lips); ``--ignore`` names labels to leave out quietly. Without --face the
-face mask is the whole photo (stated in the report). Every label left out, and why, is reported and
+face-parsing map's skin,nose,lips); ``--ignore`` names labels to leave out quietly. Without --face no
+face mask is written and the build treats each whole photo as the face region (whole-image mode). Every label left out, and why, is reported and
 written to ROOT/import_report.json.
 """
 
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {photo}: {note}", file=sys.stderr)
     for photo, why in report["skipped"].items():
         print(f"  {photo}: skipped: {why}", file=sys.stderr)
+    if not report["face_masks"]:
+        print("no --face given: no face masks written; launch.build_dataset takes each whole photo as the face "
+              "region (whole-image mode, cropped with no margin) and records so in the data set", file=sys.stderr)
     skipped = f"{len(report['skipped'])} skipped, " if report["skipped"] else ""
     print(f"imported {report['photos']} photos into {a.out} ({skipped}{len(report['notes'])} with notes; "
           f"{os.path.join(a.out, 'import_report.json')}). Next: python -m launch.build_dataset --name uv_vitiligo "

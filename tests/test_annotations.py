@@ -228,7 +228,8 @@ def test_import_refuses_two_photos_for_one_slot_and_a_missing_photo(tmp_path, ca
     assert "are both patient x, visit 0, view front" in capsys.readouterr().err
     assert import_annotations.main([*args, "--out", str(tmp_path / "o2")]) == 0
     out = capsys.readouterr()
-    assert "no face label given: the face mask is the whole photo" in out.err
+    assert "no --face given: no face masks written" in out.err
+    assert not (tmp_path / "o2" / "face_masks").exists() and (tmp_path / "o2" / "vitiligo_masks" / "x_1").is_dir()
     coco = tmp_path / "c.json"
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "gone.jpg", "height": 4, "width": 4}],
                                 "annotations": [], "categories": []}))
@@ -345,13 +346,28 @@ def test_imported_folder_builds_and_trains_with_grain_workers(fmt, tmp_path, cap
     from vitijax.train import train_and_evaluate
 
     root = tmp_path / "root"
-    face = ["--face", "face,lesion"] if fmt == "labelmap" else ["--face", "face"]
+    # YOLO labels without a face class: the whole photo is the face region
+    face = {"labelmap": ["--face", "face,lesion"], "yolo": ["--ignore", "face"]}.get(fmt, ["--face", "face"])
     assert import_annotations.main(["--format", fmt, *_ten_patients(fmt, tmp_path), *face, "--lesion", "lesion",
                                     "--pattern", r"(?P<patient>P\d+)_(?P<view>front)", "--out", str(root)]) == 0
-    face, lesion = _read(root, "P03")
-    assert _iou(face, FACE) > 0.95 and lesion[40, 50] and lesion[65, 80] and not lesion[40, 42]
+    lesion = (np.asarray(Image.open(root / "vitiligo_masks" / "P03" / "0" / "front.png")) > 0)
+    assert lesion[40, 50] and lesion[65, 80] and not lesion[40, 42]
+    if fmt != "yolo":
+        assert _iou(_read(root, "P03")[0], FACE) > 0.95
     assert build_dataset.main(["--name", "uv_vitiligo", "--manual-dir", str(root), "--data-dir",
                                str(tmp_path / "tfds")]) == 0
+    from vitijax.data import tfds_io
+
+    builder = tfds_io.get_builder("uv_vitiligo", data_dir=str(tmp_path / "tfds"))
+    ex = tfds_io.data_source(builder, "train")[0]
+    if fmt == "yolo":  # whole-image mode: the crop is the square holding the photo, no black margin around it
+        assert builder.info.metadata["face_mask_source"] == "whole image"
+        assert tuple(ex["crop_box"]) == (0, (H - W) // 2, W, (H + W) // 2) and ex["face_mask"].sum() == H * W
+    else:
+        assert builder.info.metadata["face_mask_source"] == "annotation"
+        fb = np.asarray(ex["face_box"])  # the polygon rules differ by a pixel: 79 or 80 wide
+        assert np.abs(fb - (20, 10, 100, 90)).max() <= 1
+        assert ex["image"].shape[0] == round((fb[2] - fb[0]) * 1.3)  # the crop rule's 15 % margin per side
     c = paper.get_config("23-slim")  # the paper's config as shipped (four grain workers), made small
     c.model.variant = "23-tiny"
     c.data.data_dir = str(tmp_path / "tfds")

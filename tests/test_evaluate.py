@@ -188,6 +188,7 @@ def test_model_mode_on_a_built_data_set(tmp_path, capsys):
     assert "F-Vitiligo: MAE" in out and "index.html" in out
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["images"] == 6 and set(m["face"]) >= {"pooled", "per_image", "per_patient", "pooled_ci95"}
+    assert m["face_region"] == "synthetic truth" and "face region: synthetic truth" in out
     rows = list(csv.DictReader(open(tmp_path / "ev" / "per_image.csv")))
     assert sorted(int(r["index"]) for r in rows) == list(range(6))  # every image exactly once
     assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) > 0 for r in rows)

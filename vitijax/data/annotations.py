@@ -80,11 +80,12 @@ class LabelMap:
                 if key in {n.strip().lower() for n in names}}
 
 
-def roles(ann: Annotation, labels: LabelMap) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def roles(ann: Annotation, labels: LabelMap) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
     """(face mask, lesion mask) uint8 {0, 1} [h, w] of one photo, and notes on the labels left out.
 
-    The face mask is the union of the face labels; with no face label given it is the whole photo
-    (stated in the notes). The lesion mask is the union of the lesion labels.
+    The face mask is the union of the face labels; with no face label given it is None (the layout
+    then holds no face mask and the build treats the whole photo as the face region, its whole-image
+    mode). The lesion mask is the union of the lesion labels.
     """
     h, w = ann.size
     face = np.zeros((h, w), bool)
@@ -98,10 +99,7 @@ def roles(ann: Annotation, labels: LabelMap) -> tuple[np.ndarray, np.ndarray, li
             lesion |= mask
         if not role:
             notes.append(f"label {label!r} is neither face, lesion nor ignore: left out ({int(mask.sum())} pixels)")
-    if not labels.face:
-        face[:] = True
-        notes.append("no face label given: the face mask is the whole photo")
-    return face.astype(np.uint8), lesion.astype(np.uint8), notes
+    return (face.astype(np.uint8) if labels.face else None), lesion.astype(np.uint8), notes
 
 
 # ----------------------------------------------------------------------------
@@ -514,10 +512,11 @@ def slot_finder(pattern: str | None = None, ids_csv: str | None = None):
 def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_slot) -> dict:
     """Writes ``out/images|face_masks|vitiligo_masks/<patient>/<visit>/<view>`` (masks {0, 255} PNG; photos
     copied). Returns the report:
-    {'photos': n, 'notes': {photo: [...]}, 'skipped': {photo: why}}. Two photos for one slot stop the
+    {'photos': n, 'notes': {photo: [...]}, 'skipped': {photo: why}, 'face_masks': whether face masks were
+    written (not without face labels)}. Two photos for one slot stop the
     import, naming both."""
     seen: dict[Slot, str] = {}
-    report = {"photos": 0, "notes": {}, "skipped": {}}
+    report = {"photos": 0, "notes": {}, "skipped": {}, "face_masks": bool(labels.face)}
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(f"{out} exists and is not empty; choose a new folder")
     for ann in items:
@@ -536,7 +535,8 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
             raise ImageReadError(ann.photo, f"not a photo extension the layout takes ({', '.join(PHOTO_EXTS)})")
         os.makedirs(os.path.join(out, "images", rel), exist_ok=True)
         shutil.copyfile(ann.photo, os.path.join(out, "images", rel, slot.view + ext))
-        write_png(os.path.join(out, "face_masks", rel, slot.view + ".png"), face * 255)
+        if face is not None:
+            write_png(os.path.join(out, "face_masks", rel, slot.view + ".png"), face * 255)
         write_png(os.path.join(out, "vitiligo_masks", rel, slot.view + ".png"), lesion * 255)
         report["photos"] += 1
         if notes:

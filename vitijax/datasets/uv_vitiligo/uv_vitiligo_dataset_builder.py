@@ -40,9 +40,10 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
     """UV photographs of vitiligo patients from a local folder (face-cropped, with masks)."""
 
     name = "uv_vitiligo"
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024).",
-                     "1.2.0": "Records the crop margin and the face-mask source; another margin is another config."}
+                     "1.2.0": "Records the crop margin and the face-mask source; another margin is another config.",
+                     "1.3.0": "A photo without a face mask is cropped to the square holding it, with no margin."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Lay out your photos and masks as described in vitijax's BUILD.md."
     BUILDER_CONFIGS = [
         FolderConfig(name="default", description="held-out list if present, else seeded 80/10/10 by patient"),
@@ -87,5 +88,6 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
             photo, face, vit = folder.load_record(r)
             ex = make_example(photo, face, vit, patient=r.patient, visit=r.visit, view=r.view,
                               source_file=r.image, source_sha256=r.sha256, max_side=self.builder_config.max_side,
-                              margin=self.builder_config.crop_margin)
+                              # whole-image mode: the photo is the region; a margin around it would be black padding
+                              margin=self.builder_config.crop_margin if r.face_mask else 0.0)
             yield f"{r.patient}_v{r.visit}_{r.view}_{r.sha256[:8]}", tfds_io.encode(ex)

@@ -3,6 +3,7 @@
     python -m launch.build_dataset --name synthetic_uv_vitiligo --config small --data-dir data/tfds
     python -m launch.build_dataset --name uv_vitiligo --manual-dir /path/to/ROOT --data-dir data/tfds
     python -m launch.build_dataset --name uv_vitiligo --manual-dir /path/to/ROOT --check   # validate only
+    python -m launch.build_dataset --name uv_vitiligo --manual-dir ROOT --face-model BUNDLE  # faces predicted
 
 For ``uv_vitiligo`` the split options override the config's: ``--folds K`` for
 grouped k-fold; otherwise ROOT/splits/test.txt if present, else fractions. They
@@ -10,6 +11,12 @@ keep the config's name (so the shipped training configs find the data set) and
 are recorded in its metadata. Photos that fail a check stop the build (and make
 ``--check`` exit 1) unless ``--allow-skips``; either way the JSON report lands in
 DATA_DIR/reports/.
+
+Photos without a face mask are measured over the whole photo (whole-image mode) unless
+``--face-model BUNDLE`` names a ``launch.export`` bundle with a face-mask network: its face stages then
+predict those photos' face masks into ROOT/predicted_face_masks/ (pictures to look at and correct;
+``vitijax/data/predicted_faces.py``) and the build uses them. The data set records which source its face
+masks came from (``face_mask_source``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop-margin", type=float, help="the crop rule's margin, a fraction of the face box's larger "
                    "side (default: vitijax.contract.CROP_MARGIN); another margin is another data set, <config>_margin<m>, "
                    "which a run with input.margin=<m> finds")
+    p.add_argument("--face-model", help="uv_vitiligo: a launch.export bundle whose face networks predict the face "
+                   "masks of photos that have none (default: whole-image mode)")
     a = p.parse_args(argv)
 
     from vitijax.data import folder, splits, tfds_io
@@ -48,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("uv_vitiligo needs --manual-dir (your folder of photos and masks; see BUILD.md)")
     try:
         config = a.config or ("small" if a.name == "synthetic_uv_vitiligo" else "default")
+        if a.face_model:
+            if a.name != "uv_vitiligo":
+                p.error("--face-model is for uv_vitiligo (the synthetic data set has its faces' truth)")
+            _predict_faces(a.manual_dir, a.face_model)
         if a.check:
             _, report = folder.scan(a.manual_dir)
             print(report.text())
@@ -58,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
                                             seed=a.seed, max_side=a.max_side).items() if v is not None}
         if a.name == "uv_vitiligo":
             overrides["allow_skips"] = a.allow_skips
+            overrides["face_model"] = os.path.abspath(a.face_model) if a.face_model else ""
         builder = tfds_io.with_options(tfds_io.get_builder(a.name, data_dir=a.data_dir, config=config,
                                                            manual_dir=a.manual_dir, crop_margin=a.crop_margin),
                                        **overrides)
         builder.download_and_prepare()
-    except (folder.UnusableDataset, splits.SplitLeak, ValueError) as e:
+    except (folder.UnusableDataset, splits.SplitLeak, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = builder.info
@@ -70,6 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, split in sorted(info.splits.items()):
         print(f"  {name}: {split.num_examples} examples")
     return 0
+
+
+def _predict_faces(root: str, bundle: str) -> None:
+    from launch.analyze import build_analyzer
+    from vitijax import compile_cache
+    from vitijax.data import predicted_faces
+
+    compile_cache.enable()
+    analyzer, info = build_analyzer(argparse.Namespace(model=bundle, face_mask="network", detector="auto", tta=False,
+                                                        probability=False))
+    record = predicted_faces.predict_missing(root, analyzer, info)
+    print(f"face masks predicted by {bundle} ({info['detector']}, face-mask network): {record['masks']} photos; "
+          f"no face found in {len(record['no_face'])} (skipped); "
+          f"{os.path.join(root, predicted_faces.PREDICTED_DIR)}")
 
 
 if __name__ == "__main__":

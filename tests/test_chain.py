@@ -152,3 +152,47 @@ def test_no_ratio_for_any_photo_without_a_face(bundle, tmp_path, capsys):
     assert "0 of 13 photos analysed with a ratio" in err.out
     index = (out / "index.html").read_text()
     assert "<script>x" not in index and "&lt;script&gt;x" in index
+
+
+def test_build_predicts_missing_face_masks_with_the_bundle(bundle, synthesized, tmp_path, capsys):
+    """A folder where half the photos lack a face mask and one shows no face: --face-model predicts the
+    missing masks into predicted_face_masks/ (close to the truth), the photo without a face is skipped
+    and named, the data set says where its face masks came from, and a rerun reuses the predictions."""
+    import shutil
+
+    from launch import build_dataset
+    from vitijax.data import predicted_faces, tfds_io
+
+    root = tmp_path / "root"
+    shutil.copytree(synthesized, root, ignore=shutil.ignore_patterns("*.csv"))
+    removed = sorted((root / "face_masks").glob("*/1/*.png"))  # every visit-1 photo loses its face mask
+    truth = {p.relative_to(root / "face_masks"): np.asarray(Image.open(p)) > 0 for p in removed}
+    for p in removed:
+        p.unlink()
+    blank = root / "images" / "P0900" / "0"
+    blank.mkdir(parents=True)
+    Image.fromarray(np.full((360, 240, 3), 128, np.uint8)).save(blank / "front.png")
+    (root / "vitiligo_masks" / "P0900" / "0").mkdir(parents=True)
+    Image.fromarray(np.zeros((360, 240), np.uint8)).save(root / "vitiligo_masks" / "P0900" / "0" / "front.png")
+    data_dir = str(tmp_path / "tfds")
+    args = ["--name", "uv_vitiligo", "--manual-dir", str(root), "--data-dir", data_dir, "--face-model", bundle,
+            "--val-fraction", "0", "--test-fraction", "0.4"]
+    assert build_dataset.main(args) == 2  # the photo without a face is a skip: the build stops and says so
+    out = capsys.readouterr()
+    assert "face masks: 7/7 photos" in out.err and "no face found in 1 (skipped)" in out.out
+    assert "P0900/0/front.png: no face mask, and the face networks found no face (no face)" in out.out
+    assert build_dataset.main([*args, "--allow-skips"]) == 0
+    out = capsys.readouterr()
+    assert "face masks:" not in out.err  # the bundle's predictions are reused, not made again
+    assert "[kept] 6 x face mask predicted by the face-mask network" in out.out
+    ious = []
+    for rel, want in truth.items():
+        got = np.asarray(Image.open(root / predicted_faces.PREDICTED_DIR / rel)) > 0
+        ious.append((got & want).sum() / (got | want).sum())
+    assert len(ious) == 6 and np.median(ious) > 0.6, ious  # the tiny networks' face, not a box or the photo
+    builder = tfds_io.get_builder("uv_vitiligo", data_dir=data_dir)
+    assert builder.info.metadata["face_mask_source"] == "annotation (6 of 12 photos: face-mask network)"
+    assert builder.info.metadata["build_options"]["face_model"] == os.path.abspath(bundle)
+    # building again without the face model would silently change the face masks: refused, naming both
+    assert build_dataset.main(args[:6] + args[8:] + ["--allow-skips"]) == 2
+    assert "built with" in capsys.readouterr().err

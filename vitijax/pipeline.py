@@ -199,11 +199,12 @@ class Analyzer:
         result.face_box, result.box_score = det.box, det.score
         return det
 
-    def __call__(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None,
-                 boxes: Sequence[tuple[float, float, float, float]] | None = None) -> list[PhotoResult]:
-        """Analyses a batch of RGB uint8 photos [h, w, 3]; ``truths``: annotated face masks, for the
-        ``ground_truth`` face-mask source; ``boxes``: given face boxes (x0, y0, x1, y1, photo pixels)
-        instead of the face finder's (the chain evaluator's "lesion only" reference)."""
+    def faces(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None,
+              boxes: Sequence[tuple[float, float, float, float]] | None = None
+              ) -> tuple[list[PhotoResult], list[tuple[int, face_lib.Box, np.ndarray, np.ndarray]]]:
+        """The face stages of :meth:`__call__`: (a result per photo, with its face box, crop box, flags and
+        face-mask shape, and (index, crop box, crop [ch, cw, 3], face mask [ch, cw] {0, 1}) of each photo
+        whose face mask is usable)."""
         results = [PhotoResult(p.shape[0], p.shape[1]) for p in photos]
         todo = []  # (index, detection, crop box)
         for i, (photo, res) in enumerate(zip(photos, results)):
@@ -216,14 +217,14 @@ class Analyzer:
                 res.crop_box = face_lib.crop_box(face_lib.int_box(det.box), self.margin)
                 todo.append((i, det, res.crop_box))
         if not todo:
-            return results
+            return results, []
         idx = [i for i, _, _ in todo]
-        boxes = [b for _, _, b in todo]
-        crops = [face_lib.crop(photos[i], b) for i, b in zip(idx, boxes)]  # the one cut at full resolution
-        faces = self.face_mask([photos[i] for i in idx], boxes, [d for _, d, _ in todo],
+        crop_boxes = [b for _, _, b in todo]
+        crops = [face_lib.crop(photos[i], b) for i, b in zip(idx, crop_boxes)]  # the one cut at full resolution
+        faces = self.face_mask([photos[i] for i in idx], crop_boxes, [d for _, d, _ in todo],
                                None if truths is None else [truths[i] for i in idx], crops=crops)
-        lesion_in = []
-        for i, box, crop, face, (_, det, _) in zip(idx, boxes, crops, faces, todo):
+        usable = []
+        for i, box, crop, face, (_, det, _) in zip(idx, crop_boxes, crops, faces, todo):
             # The crop's zero-filled part beyond the photo's edge is not face, whatever a network says.
             face = face * _inside_photo(box, photos[i].shape[:2])
             if not face.any():
@@ -234,7 +235,15 @@ class Analyzer:
             if self.face_mask_range is not None and not face_mask_plausible(shape, self.face_mask_range):
                 results[i].flags.append("implausible face mask")
                 continue
-            lesion_in.append((i, box, crop, face))
+            usable.append((i, box, crop, face))
+        return results, usable
+
+    def __call__(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None,
+                 boxes: Sequence[tuple[float, float, float, float]] | None = None) -> list[PhotoResult]:
+        """Analyses a batch of RGB uint8 photos [h, w, 3]; ``truths``: annotated face masks, for the
+        ``ground_truth`` face-mask source; ``boxes``: given face boxes (x0, y0, x1, y1, photo pixels)
+        instead of the face finder's (the chain evaluator's "lesion only" reference)."""
+        results, lesion_in = self.faces(photos, truths, boxes)
         if not lesion_in:
             return results
         probs = self.lesion.probabilities([c for _, _, c, _ in lesion_in], [f for _, _, _, f in lesion_in],

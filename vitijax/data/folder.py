@@ -21,16 +21,18 @@ at all); everything it skips is listed with its reason and counted.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import datetime
 import json
 import os
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from vitijax.data import predicted_faces
 from vitijax.data.io import MASK_THRESHOLD, ImageReadError, read_mask, read_photo, sha256_file
 
 VIEWS = ("left", "front", "right")  # the paper's three views; any other name is accepted too
@@ -50,6 +52,7 @@ class Record:
     visit: int
     view: str
     sha256: str
+    face_source: str = "annotation"  # or "face-mask network" (predicted_faces) or "whole image"
 
 
 @dataclasses.dataclass
@@ -185,8 +188,9 @@ def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
 
     Every defect of a photo is reported (a duplicate does not hide an empty face mask); a second photo
     for one (patient, visit, view) is skipped, naming the first; a duplicate of another patient's photo
-    is called out as such. A photo without a face mask file uses the whole photo as the face region
-    (whole-image mode, reported). Views may have any name; visits without all three of the paper's
+    is called out as such. A photo without a face mask file takes the face-mask network's
+    (:mod:`vitijax.data.predicted_faces`, written by ``build_dataset --face-model``; a photo it found
+    no face in is skipped), else the whole photo as the face region (whole-image mode); both reported. Views may have any name; visits without all three of the paper's
     views are summarised, not listed line by line.
     """
     root = os.path.abspath(os.fspath(root))
@@ -194,22 +198,32 @@ def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
     records: list[Record] = []
     hashes: dict[str, tuple[str, str]] = {}  # sha256 -> (photo, patient)
     slots: dict[tuple[str, int, str], str] = {}
+    no_face = predicted_faces.read_source(str(root)).get("no_face", {})  # photos the face networks found no face in
     for image, face_path, vit_path, patient, visit, view in entries(root, report):
         slot = (patient, visit, view)
         if slot in slots:
             report.add(image, f"a second photo for patient {patient}, visit {visit}, view {view} (the first is "
                               f"{slots[slot]})", "skipped", kind="second photo for one slot")
             continue
+        face_source = "annotation"
+        if not os.path.isfile(face_path):
+            predicted = predicted_faces.predicted_path(str(root), patient, visit, view)
+            if os.path.isfile(predicted):
+                face_path, face_source = predicted, "face-mask network"
+                report.add(image, f"no face mask: the face-mask network's ({predicted}) is used", "kept",
+                           kind="face mask predicted by the face-mask network")
+            elif os.path.relpath(image, root) in no_face:
+                report.add(image, f"no face mask, and the face networks found no face "
+                                  f"({no_face[os.path.relpath(image, root)]})", "skipped")
+                continue
+            else:
+                face_path, face_source = "", "whole image"
+                report.add(image, "no face mask: the whole photo is the face region (whole-image mode)", "kept",
+                           kind="no face mask (whole-image mode)")
         try:
             photo = read_photo(image)
             softened: list[int] = []
-            if os.path.isfile(face_path):
-                face = read_mask(face_path, photo.shape[:2], softened)
-            else:
-                face = np.ones(photo.shape[:2], np.uint8)
-                face_path = ""
-                report.add(image, "no face mask: the whole photo is the face region (whole-image mode)", "kept",
-                           kind="no face mask (whole-image mode)")
+            face = read_mask(face_path, photo.shape[:2], softened) if face_path else np.ones(photo.shape[:2], np.uint8)
             vit = read_mask(vit_path, photo.shape[:2], softened)
         except ImageReadError as e:
             report.add(e.path, e.problem, "skipped")
@@ -236,7 +250,7 @@ def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
             continue
         hashes[digest] = (image, patient)
         slots[slot] = image
-        records.append(Record(image, face_path, vit_path, patient, visit, view, digest))
+        records.append(Record(image, face_path, vit_path, patient, visit, view, digest, face_source))
     # Visits without all of the paper's three views (only among patients photographed in those views).
     by_visit: dict[tuple[str, int], set[str]] = {}
     for r in records:
@@ -250,6 +264,19 @@ def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
     if not records:
         raise UnusableDataset(f"no usable photo under {root}\n{report.text()}")
     return records, report
+
+
+def face_sources(records: Sequence[Record]) -> str:
+    """Where the face masks of ``records`` came from, in words: "annotation", "whole image",
+    "face-mask network", or e.g. "annotation (3 of 40 photos: face-mask network, 1: whole image)"."""
+    counts = collections.Counter(r.face_source for r in records)
+    if len(counts) == 1:
+        return next(iter(counts))
+    main = counts.most_common(1)[0][0] if "annotation" not in counts else "annotation"
+    rest = [(k, n) for k, n in counts.most_common() if k != main]
+    first, *others = rest
+    return (f"{main} ({first[1]} of {len(records)} photos: {first[0]}"
+            + "".join(f", {n}: {k}" for k, n in others) + ")")
 
 
 def load_record(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

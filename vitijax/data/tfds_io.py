@@ -31,7 +31,7 @@ def default_data_dir() -> str:
 DEFAULT_DATA_DIR = default_data_dir()
 
 
-SPLIT_FIELDS = ("folds", "val_fraction", "test_fraction", "seed", "max_side")
+SPLIT_FIELDS = ("folds", "val_fraction", "test_fraction", "seed", "max_side", "face_model")
 
 
 def info_metadata(config, face_mask_source: str):

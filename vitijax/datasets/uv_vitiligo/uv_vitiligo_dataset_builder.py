@@ -34,6 +34,7 @@ class FolderConfig(tfds.core.BuilderConfig):
     crop_margin: float = CROP_MARGIN  # the crop rule (vitijax.contract)
     max_side: int | None = 1536  # downscale crops above this side (full photos are 2832x4240)
     allow_skips: bool = False  # build even when photos were skipped (launch.build_dataset --allow-skips)
+    face_model: str = ""  # the bundle that predicted missing face masks (launch.build_dataset --face-model)
 
 
 class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
@@ -64,10 +65,7 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
         if report.skipped and not c.allow_skips:
             raise folder.UnusableDataset(f"{len(report.skipped)} photos were skipped (listed above and in "
                                          f"{report_path}); fix them, or build without them with --allow-skips")
-        whole = sum(not r.face_mask for r in records)
-        self.info.metadata["face_mask_source"] = (
-            "annotation" if not whole else "whole image" if whole == len(records)
-            else f"annotation ({whole} of {len(records)} photos: whole image)")
+        self.info.metadata["face_mask_source"] = folder.face_sources(records)
         patients = sorted({r.patient for r in records})
         held_out = os.path.join(root, c.test_patients_file)
         if c.folds:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--face-model is for uv_vitiligo (the synthetic data set has its faces' truth)")
             _predict_faces(a.manual_dir, a.face_model)
         if a.check:
-            _, report = folder.scan(a.manual_dir)
+            _, report = folder.scan(a.manual_dir, predicted=bool(a.face_model))
             print(report.text())
             path = folder.write_report(report, os.path.join(a.data_dir, "reports"), f"{a.name}_{config}_check")
             print(f"report: {path}")

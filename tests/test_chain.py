@@ -180,7 +180,7 @@ def test_build_predicts_missing_face_masks_with_the_bundle(bundle, synthesized, 
     assert build_dataset.main(args) == 2  # the photo without a face is a skip: the build stops and says so
     out = capsys.readouterr()
     assert "face masks: 7/7 photos" in out.err and "no face found in 1 (skipped)" in out.out
-    assert "P0900/0/front.png: no face mask, and the face networks found no face (no face)" in out.out
+    assert "P0900/0/front.png: no face mask, and the face networks gave none (no face)" in out.out
     assert build_dataset.main([*args, "--allow-skips"]) == 0
     out = capsys.readouterr()
     assert "face masks:" not in out.err  # the bundle's predictions are reused, not made again
@@ -193,6 +193,10 @@ def test_build_predicts_missing_face_masks_with_the_bundle(bundle, synthesized, 
     builder = tfds_io.get_builder("uv_vitiligo", data_dir=data_dir)
     assert builder.info.metadata["face_mask_source"] == "annotation (6 of 12 photos: face-mask network)"
     assert builder.info.metadata["build_options"]["face_model"] == os.path.abspath(bundle)
+    from vitijax.data import folder
+
+    # without --face-model the predictions are not used: whole-image mode, and no photo is skipped for them
+    assert folder.face_sources(folder.scan(root)[0]) == "annotation (7 of 13 photos: whole image)"
     # building again without the face model would silently change the face masks: refused, naming both
     assert build_dataset.main(args[:6] + args[8:] + ["--allow-skips"]) == 2
     assert "built with" in capsys.readouterr().err

@@ -183,22 +183,24 @@ def entries(root: str, report: Report) -> Iterable[tuple[str, str, str, str, int
     return source(root, report)
 
 
-def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
+def scan(root: str | os.PathLike, predicted: bool = False) -> tuple[list[Record], Report]:
     """Checks every photo and mask under ``root``; returns (usable records, report).
 
     Every defect of a photo is reported (a duplicate does not hide an empty face mask); a second photo
     for one (patient, visit, view) is skipped, naming the first; a duplicate of another patient's photo
-    is called out as such. A photo without a face mask file takes the face-mask network's
-    (:mod:`vitijax.data.predicted_faces`, written by ``build_dataset --face-model``; a photo it found
-    no face in is skipped), else the whole photo as the face region (whole-image mode); both reported. Views may have any name; visits without all three of the paper's
-    views are summarised, not listed line by line.
+    is called out as such. A photo without a face mask file takes, with ``predicted``, the face-mask
+    network's (:mod:`vitijax.data.predicted_faces`, written by ``build_dataset --face-model``; a photo
+    it gave none for is skipped), else the whole photo as the face region (whole-image mode); both
+    reported. Views may have any name; visits without all three of the paper's views are summarised,
+    not listed line by line.
     """
     root = os.path.abspath(os.fspath(root))
     report = Report(root)
     records: list[Record] = []
     hashes: dict[str, tuple[str, str]] = {}  # sha256 -> (photo, patient)
     slots: dict[tuple[str, int, str], str] = {}
-    no_face = predicted_faces.read_source(str(root)).get("no_face", {})  # photos the face networks found no face in
+    # photos the face networks gave no face mask for
+    no_face = predicted_faces.read_source(str(root)).get("no_face", {}) if predicted else {}
     for image, face_path, vit_path, patient, visit, view in entries(root, report):
         slot = (patient, visit, view)
         if slot in slots:
@@ -207,13 +209,13 @@ def scan(root: str | os.PathLike) -> tuple[list[Record], Report]:
             continue
         face_source = "annotation"
         if not os.path.isfile(face_path):
-            predicted = predicted_faces.predicted_path(str(root), patient, visit, view)
-            if os.path.isfile(predicted):
-                face_path, face_source = predicted, "face-mask network"
-                report.add(image, f"no face mask: the face-mask network's ({predicted}) is used", "kept",
+            guess = predicted_faces.predicted_path(str(root), patient, visit, view)
+            if predicted and os.path.isfile(guess):
+                face_path, face_source = guess, "face-mask network"
+                report.add(image, f"no face mask: the face-mask network's ({guess}) is used", "kept",
                            kind="face mask predicted by the face-mask network")
             elif os.path.relpath(image, root) in no_face:
-                report.add(image, f"no face mask, and the face networks found no face "
+                report.add(image, f"no face mask, and the face networks gave none "
                                   f"({no_face[os.path.relpath(image, root)]})", "skipped")
                 continue
             else:

@@ -58,7 +58,7 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         c = self.builder_config
         root = os.fspath(dl_manager.manual_dir)
-        records, report = folder.scan(root)
+        records, report = folder.scan(root, predicted=bool(c.face_model))
         print(report.text())
         report_path = folder.write_report(report, os.path.join(os.fspath(self.data_dir_root), "reports"),
                                           f"{self.name}_{c.name}")

@@ -53,6 +53,9 @@ def run_model(a) -> int:
     from vitijax.evaluate import compile_eval_step, summarize
     from vitijax.report.evaluation import write_report
 
+    if _parse_data(a.data)[2].split("[")[0] == "unlabelled":
+        raise ValueError(f"--data {a.data}: the unlabelled split has no lesion masks (it is for semi-supervised "
+                         "training only); evaluate on test or validation")
     compile_cache.enable()
     model_dir = resolve_model_dir(a.checkpoint)
     variables, meta = load_model(model_dir)

@@ -18,7 +18,8 @@ compile_cache.enable()
 # is the fast tier for an edit-test loop; README's command runs both.
 SLOW_MODULES = ("test_train.py", "test_benchmark.py")
 SLOW_FIXTURES = ("tiny_runs", "bundle")
-SLOW_TESTS = ("test_full_paper_resolution_render", "test_imported_folder_builds_and_trains_with_grain_workers")
+SLOW_TESTS = ("test_full_paper_resolution_render", "test_imported_folder_builds_and_trains_with_grain_workers",
+              "test_semi_supervised_run_resumes_the_teacher_bit_for_bit")
 
 
 def pytest_collection_modifyitems(config, items):

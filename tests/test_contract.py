@@ -68,7 +68,7 @@ def test_a_misspelt_or_unused_key_fails_naming_it():
     with pytest.raises(ValueError, match=r"config\.input\.mask_input"):
         configure(c)
     c.task = "lesions"
-    with pytest.raises(ValueError, match="task must be one of lesion, face_mask, face_box, got 'lesions'"):
+    with pytest.raises(ValueError, match="task must be one of lesion, face_mask, face_box, lesion_semi, got 'lesions'"):
         configure(c)
 
 

@@ -107,6 +107,19 @@ def ohem_cross_entropy(
     return jnp.where(n_kept > 0, total / jnp.maximum(n_kept, 1).astype(jnp.float32), 0.0)
 
 
+def pseudo_label_loss(logits: jax.Array, labels: jax.Array, *, ignore_index: int = 255) -> jax.Array:
+    """Mean cross-entropy of ``logits`` [b, h, w, c] (resized bilinearly to the labels, as OHEM does)
+    against integer ``labels`` [b, H, W] over the pixels not labelled ``ignore_index``; 0 when there
+    are none (a batch without a confident pseudo-label carries no loss). A float32 scalar."""
+    b, hh, ww = labels.shape
+    log_p = jax.nn.log_softmax(resize_bilinear(logits.astype(jnp.float32), (hh, ww)), axis=-1)
+    valid = labels != ignore_index
+    target = jnp.where(valid, labels, 0).astype(jnp.int32)
+    nll = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
+    n = jnp.sum(valid)
+    return jnp.where(n > 0, jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n, 1).astype(jnp.float32), 0.0)
+
+
 def ddrnet_loss(
     outputs: jax.Array | tuple[jax.Array, jax.Array],
     labels: jax.Array,

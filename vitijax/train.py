@@ -55,6 +55,7 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+    teacher: Any = flax.struct.field(default_factory=dict)  # a task's averaged weights (lesion_semi), else {}
 
 
 # ----------------------------------------------------------------------------
@@ -65,7 +66,8 @@ TOP_KEYS = ("task", "seed", "model", "data", "input", "augment", "loss", "optimi
             "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "init_from",
             "num_devices", "compilation_cache_dir", "distributed")
 DATA_KEYS = ("source", "name", "config", "data_dir", "manual_dir", "build_if_missing", "train_split", "eval_split",
-             "test_split", "seed", "patients", "visits", "photo_size", "val_fraction", "test_fraction")
+             "test_split", "unlabelled_split", "unlabelled_ratio", "seed", "patients", "labelled_patients", "visits",
+             "photo_size", "val_fraction", "test_fraction")
 OPTIMIZER_KEYS = ("lr", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "poly_power", "end_lr_factor",
                   "grad_clip_norm", "weight_decay_on")
 
@@ -82,6 +84,16 @@ def configure(config):
     check_keys(config.augment, task.AUGMENT_KEYS, "config.augment")
     check_keys(config.data, DATA_KEYS, "config.data")
     check_keys(config.optimizer, OPTIMIZER_KEYS, "config.optimizer")
+    unlabelled = config.data.get("unlabelled_split")
+    if unlabelled and not hasattr(task, "prepare_unlabelled"):
+        raise ValueError(f"config.data.unlabelled_split: the {task.NAME} task does not train on unlabelled photos "
+                         "(task lesion_semi does)")
+    if hasattr(task, "prepare_unlabelled") and not unlabelled:
+        raise ValueError(f"the {task.NAME} task needs config.data.unlabelled_split (the split of photos without "
+                         "lesion masks, e.g. unlabelled)")
+    if unlabelled and unlabelled in (config.data.eval_split, config.data.test_split):
+        raise ValueError(f"config.data: the unlabelled split {unlabelled!r} cannot be evaluated on (it has no "
+                         "lesion masks)")
     aug = Augment(**config.augment)  # Augment makes scale_range a tuple
     return task, task.contract(config.input), aug
 
@@ -90,26 +102,33 @@ def configure(config):
 # State and steps
 # ----------------------------------------------------------------------------
 
-def _state_init(model, tx: optax.GradientTransformation, input_hw: tuple[int, int]):
+def fresh_state(task, tx: optax.GradientTransformation, params, batch_stats) -> TrainState:
+    """A state of ``params`` and ``batch_stats`` with a new optimiser state (and the task's teacher, if it
+    has one, started from them)."""
+    teacher = task.init_teacher(params, batch_stats) if hasattr(task, "init_teacher") else {}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=batch_stats, opt_state=tx.init(params), teacher=teacher)
+
+
+def _state_init(model, tx: optax.GradientTransformation, input_hw: tuple[int, int], task=None):
     def init(rng):
         variables = model.init(rng, jnp.zeros((1, *input_hw, 3), jnp.float32), train=False)
-        params = variables["params"]
         # The face-box network has no batch norm (RetinaFace's is folded into its convs).
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                          opt_state=tx.init(params))
+        return fresh_state(task, tx, variables["params"], variables.get("batch_stats", {}))
 
     return init
 
 
 def create_train_state(model, tx: optax.GradientTransformation, input_hw: tuple[int, int],
-                       seed: int, mesh) -> TrainState:
+                       seed: int, mesh, task=None) -> TrainState:
     """A fresh state, initialised directly into replicated placement on ``mesh``."""
-    return jax.jit(_state_init(model, tx, input_hw), out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+    return jax.jit(_state_init(model, tx, input_hw, task), out_shardings=sharding.replicated(mesh))(
+        jax.random.key(seed))
 
 
-def abstract_train_state(model, tx: optax.GradientTransformation, input_hw: tuple[int, int], mesh):
+def abstract_train_state(model, tx: optax.GradientTransformation, input_hw: tuple[int, int], mesh, task=None):
     """The state's shapes, dtypes and (replicated) shardings, from ``jax.eval_shape``: nothing is allocated."""
-    shapes = jax.eval_shape(_state_init(model, tx, input_hw), jax.random.key(0))
+    shapes = jax.eval_shape(_state_init(model, tx, input_hw, task), jax.random.key(0))
     rep = sharding.replicated(mesh)
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
@@ -128,13 +147,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, task
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-    return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), out
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), out
 
 
 def compile_steps(task, model, tx, loss_cfg, schedule, mesh):
-    """(jitted train step with the state donated, jitted eval step) of ``task``, sharded over ``mesh``."""
+    """(jitted train step with the state donated, jitted eval step) of ``task``, sharded over ``mesh``.
+    A task with its own ``train_step`` (same signature) uses it."""
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    step = jax.jit(functools.partial(train_step, model=model, task_loss=task.loss, tx=tx, loss_cfg=loss_cfg,
+    step = jax.jit(functools.partial(getattr(task, "train_step", train_step), model=model, task_loss=task.loss, tx=tx, loss_cfg=loss_cfg,
                                      schedule=schedule),
                    in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
     return step, evaluation.compile_eval_step(task, model, mesh)
@@ -186,20 +206,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
     # --- Data --------------------------------------------------------------
     d = config.data
-    splits = load_splits(d, [d.train_split, d.eval_split, d.test_split], margin=contract.margin)
+    unlabelled = d.get("unlabelled_split")
+    splits = load_splits(d, [d.train_split, d.eval_split, d.test_split, *([unlabelled] if unlabelled else [])],
+                         margin=contract.margin)
     train_src, eval_src, test_src = splits[d.train_split], splits[d.eval_split], splits[d.test_split]
     steps_per_epoch = max(1, len(train_src) // gbs)
     total_steps = int(config.num_steps) if config.get("num_steps") is not None \
         else int(config.num_epochs) * steps_per_epoch
-    loader = train_loader(train_src, task.NAME, contract, aug, gbs // jax.process_count(), seed=int(config.seed),
-                          worker_count=int(config.input.get("worker_count", 0)),
-                          shard_index=jax.process_index(), shard_count=jax.process_count())
-    iterator = iter(loader)
+    iterator = iter(train_loader(train_src, task.NAME, contract, aug, gbs // jax.process_count(),
+                                 seed=int(config.seed), worker_count=int(config.input.get("worker_count", 0)),
+                                 shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                 unlabelled=splits[unlabelled] if unlabelled else None,
+                                 unlabelled_ratio=int(d.get("unlabelled_ratio") or 1)))
 
     # --- Model, optimiser, state ------------------------------------------
     # What identifies the model and what it consumes: stored with every checkpoint and the best model, and
     # checked on resume (a changed contract must not continue an old run).
-    meta = {**task.model_meta(config.model), "task": task.NAME, "input": contract.to_meta()}
+    model_task = getattr(task, "MODEL_TASK", task.NAME)  # lesion_semi trains the lesion network
+    meta = {**task.model_meta(config.model), "task": model_task, "input": contract.to_meta(),
+            **({"trained_as": task.NAME} if model_task != task.NAME else {})}
     model = task.build_model(meta, dtype=config.model.get("dtype", "float32"))
     tx, schedule = make_optimizer(config.optimizer, total_steps)
     key = task.SELECTION_KEY
@@ -207,7 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     start = ckpts.latest_step()
     best = -1.0
     if start is not None:
-        abstract = abstract_train_state(model, tx, contract.size, mesh)
+        abstract = abstract_train_state(model, tx, contract.size, mesh, task)
         state, data_state = ckpts.restore(start, abstract, expect=meta)
         if data_state is not None:
             iterator.set_state(data_state)
@@ -219,23 +244,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if is_main:
             print(f"resumed from {ckpts.directory}/{start} (step {start} of {total_steps})", flush=True)
     else:
-        state = create_train_state(model, tx, contract.size, int(config.seed), mesh)
+        state = create_train_state(model, tx, contract.size, int(config.seed), mesh, task)
         host_params = jax.device_get(state.params)
         params = task.init_params(host_params, config.model, log=lambda m: print(m, flush=True) if is_main else None)
         if params is not host_params:  # the task put pretrained weights in
-            params = jax.device_put(params, sharding.replicated(mesh))
-            state = state.replace(params=params,
-                                  opt_state=jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(params))
+            state = jax.jit(functools.partial(fresh_state, task, tx), out_shardings=sharding.replicated(mesh))(
+                params, state.batch_stats)
     if start is None and config.get("init_from"):
         variables, _ = load_model(config.init_from, expect=task.model_meta(config.model))
-        params = jax.device_put(variables["params"], sharding.replicated(mesh))
-        state = state.replace(params=params, batch_stats=jax.device_put(variables["batch_stats"],
-                                                                        sharding.replicated(mesh)),
-                              opt_state=jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(params))
+        state = jax.jit(functools.partial(fresh_state, task, tx), out_shardings=sharding.replicated(mesh))(
+            variables["params"], variables["batch_stats"])
         if is_main:
             print(f"initialised from {config.init_from}", flush=True)
     start = int(start or 0)
     step_fn, ev_fn = compile_steps(task, model, tx, config.loss, schedule, mesh)
+
+    def eval_variables(state):  # what is validated, kept as the best model and tested (lesion_semi: the teacher)
+        if hasattr(task, "eval_variables"):
+            return task.eval_variables(state)
+        return {"params": state.params, "batch_stats": state.batch_stats}
 
     # --- Loop --------------------------------------------------------------
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
@@ -245,7 +272,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     try:
         if is_main:
             what = task.describe(meta)
-            print(f"training {what} on {len(train_src)} images ({steps_per_epoch} steps/epoch), "
+            extra = f" and {len(splits[unlabelled])} unlabelled ({task.NAME})" if unlabelled else ""
+            print(f"training {what} on {len(train_src)} images{extra} ({steps_per_epoch} steps/epoch), "
                   f"{total_steps} steps of {gbs} on {len(devices)} device(s) ({jax.devices()[0].platform}); "
                   f"workdir {workdir}", flush=True)
         t_compile = time.perf_counter()
@@ -270,7 +298,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 if is_main:
                     progress.print(done, {k: values[k] for k in ("loss", "grad_norm", "lr")})
             if done % eval_every == 0 or done == total_steps:
-                variables = {"params": state.params, "batch_stats": state.batch_stats}
+                variables = eval_variables(state)
                 rows, _ = task.evaluate(ev_fn, variables, eval_src, contract, gbs, mesh)
                 summary, _ = task.summarize(rows, meta)
                 writer.write(done, "validation", summary)
@@ -287,7 +315,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 ckpts.save(done, state, iterator.get_state(), meta)
 
         # --- Final evaluation on held-out patients ---------------------------
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = eval_variables(state)
         rows, _ = task.evaluate(ev_fn, variables, test_src, contract, gbs, mesh)
         summary, details = task.summarize(rows, meta)
         writer.write(total_steps, "test", summary)

@@ -1,4 +1,5 @@
-"""Runs launch/configs/test.py in this process and writes the final params to OUT.npz.
+"""Runs launch/configs/test.py in this process and writes the final params (and with --semi the
+teacher's params and batch statistics, as teacher/...) to OUT.npz.
 
 Used by the multi-process and kill-and-resume tests:
     python -m tests.helpers.train_run WORKDIR OUT.npz [--steps N] [--ckpt-every K] [--hold-after STEP]
@@ -29,11 +30,12 @@ def main():
     p.add_argument("--coordinator")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
+    p.add_argument("--semi", action="store_true", help="launch/configs/test.py:semi; the teacher is saved too")
     a = p.parse_args()
     from launch.configs.test import get_config
     from vitijax import train
 
-    c = get_config()
+    c = get_config("semi" if a.semi else None)
     c.num_steps, c.checkpoint_every, c.log_every, c.eval_every = a.steps, a.ckpt_every, 1, a.eval_every
     if a.coordinator:
         c.distributed.update(coordinator_address=a.coordinator, num_processes=a.num_processes,
@@ -50,8 +52,10 @@ def main():
 
         train.TrainCheckpoints.save = save_then_hold
     result = train.train_and_evaluate(c, a.workdir)
-    params = jax.device_get(result["state"].params)
-    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    state = jax.device_get(result["state"])
+    trees = {"": state.params, **({"teacher/": state.teacher} if a.semi else {})}
+    flat = {prefix + "/".join(k): np.asarray(v) for prefix, tree in trees.items()
+            for k, v in traverse_util.flatten_dict(tree).items()}
     np.savez(a.out, **flat)
 
 

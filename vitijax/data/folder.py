@@ -47,12 +47,16 @@ class Record:
 
     image: str
     face_mask: str  # "" when the photo has none (whole-image mode: the whole photo is the face region)
-    vitiligo_mask: str
+    vitiligo_mask: str  # "" when the photo has none: unlabelled, for semi-supervised training only
     patient: str
     visit: int
     view: str
     sha256: str
     face_source: str = "annotation"  # or "face-mask network" (predicted_faces) or "whole image"
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.vitiligo_mask)
 
 
 @dataclasses.dataclass
@@ -226,7 +230,13 @@ def scan(root: str | os.PathLike, predicted: bool = False) -> tuple[list[Record]
             photo = read_photo(image)
             softened: list[int] = []
             face = read_mask(face_path, photo.shape[:2], softened) if face_path else np.ones(photo.shape[:2], np.uint8)
-            vit = read_mask(vit_path, photo.shape[:2], softened)
+            if os.path.isfile(vit_path):
+                vit = read_mask(vit_path, photo.shape[:2], softened)
+            else:
+                vit, vit_path = np.zeros(photo.shape[:2], np.uint8), ""
+                report.add(image, "no vitiligo mask: unlabelled, kept for semi-supervised training only (the "
+                                  "unlabelled split; never evaluated on)", "kept",
+                           kind="no vitiligo mask (unlabelled)")
         except ImageReadError as e:
             report.add(e.path, e.problem, "skipped")
             continue
@@ -285,4 +295,5 @@ def load_record(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(photo [h, w, 3], face mask [h, w], vitiligo mask [h, w]) of a scanned record."""
     photo = read_photo(record.image)
     face = read_mask(record.face_mask, photo.shape[:2]) if record.face_mask else np.ones(photo.shape[:2], np.uint8)
-    return photo, face, read_mask(record.vitiligo_mask, photo.shape[:2])
+    vit = read_mask(record.vitiligo_mask, photo.shape[:2]) if record.vitiligo_mask else np.zeros_like(face)
+    return photo, face, vit

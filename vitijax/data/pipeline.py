@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from typing import Any, Iterator, Sequence
 
 import grain.python as grain
@@ -46,6 +47,8 @@ class Augment:
     blur_prob: float = 0.3
     max_blur_sigma: float = 1.2  # pixels of the network input
     no_face_prob: float = 0.0  # face-box network: share of training photos replaced by one without a face
+    strong_factor: float = 2.0  # lesion_semi: the strong view's photometric jitter, x the ranges above
+    cutout: float = 0.0  # lesion_semi: side of the square blanked in the strong view, fraction of the input
 
     def __post_init__(self):
         object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
@@ -160,10 +163,61 @@ class _TrainMap(grain.RandomMapTransform):
         return {k: out[k] for k in task.TRAIN_KEYS}
 
 
+class _UnlabelledMap(grain.RandomMapTransform):
+    """The task's ``prepare_unlabelled``: two views of one augmented crop, no label."""
+
+    def __init__(self, task: str, contract: InputContract, aug: Augment):
+        self.task, self.contract, self.aug = task, contract, aug
+
+    def random_map(self, element, rng: np.random.Generator):
+        return tasks.get(self.task).prepare_unlabelled(element, self.contract, self.aug, rng)
+
+
+class _Paired:
+    """Labelled and unlabelled batches side by side, one dict per step; its iterator's state holds both
+    positions, so a resumed run continues both streams exactly."""
+
+    def __init__(self, labelled: grain.DataLoader, unlabelled: grain.DataLoader):
+        self.labelled, self.unlabelled = labelled, unlabelled
+
+    def __iter__(self):
+        return _PairedIterator(iter(self.labelled), iter(self.unlabelled))
+
+
+class _PairedIterator:
+    def __init__(self, labelled, unlabelled):
+        self.labelled, self.unlabelled = labelled, unlabelled
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return {**next(self.labelled), **next(self.unlabelled)}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"labelled": self.labelled.get_state().decode(),
+                           "unlabelled": self.unlabelled.get_state().decode()}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        both = json.loads(state)
+        self.labelled.set_state(both["labelled"].encode())
+        self.unlabelled.set_state(both["unlabelled"].encode())
+
+
+def _loader(source, operations, seed, worker_count, shard_index, shard_count) -> grain.DataLoader:
+    sampler = grain.IndexSampler(
+        num_records=len(source), shuffle=True, seed=seed, num_epochs=None,
+        shard_options=grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True))
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=worker_count)
+
+
 def train_loader(source: Sequence[dict], task: str, contract: InputContract, aug: Augment, batch_size: int, *,
-                 seed: int = 0, worker_count: int = 0, shard_index: int = 0, shard_count: int = 1) -> grain.DataLoader:
+                 seed: int = 0, worker_count: int = 0, shard_index: int = 0, shard_count: int = 1,
+                 unlabelled: Sequence[dict] | None = None, unlabelled_ratio: int = 1):
     """An endless, shuffled, augmented loader of this host's shard, batches of ``batch_size`` (per host),
-    of what ``task`` (a name of :mod:`vitijax.tasks`) trains on.
+    of what ``task`` (a name of :mod:`vitijax.tasks`) trains on. With ``unlabelled`` (examples without
+    lesion masks, for a task with ``prepare_unlabelled``), each batch also holds ``unlabelled_ratio`` x
+    ``batch_size`` of their two-view crops (the task's ``UNLABELLED_KEYS``).
 
     Deterministic given ``seed`` (shuffle order and augmentation draws depend
     only on the seed and the record's position), and checkpointable: its
@@ -171,17 +225,22 @@ def train_loader(source: Sequence[dict], task: str, contract: InputContract, aug
     """
     if len(source) == 0:
         raise ValueError("the training source is empty")
+    if unlabelled is not None and len(unlabelled) == 0:
+        raise ValueError("the unlabelled source is empty")
     if worker_count > 0:
         import absl.flags  # grain's worker processes parse absl flags (grain issue 1355)
 
         if not absl.flags.FLAGS.is_parsed():
             absl.flags.FLAGS.mark_as_parsed()
-    sampler = grain.IndexSampler(
-        num_records=len(source), shuffle=True, seed=seed, num_epochs=None,
-        shard_options=grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True))
-    return grain.DataLoader(data_source=source, sampler=sampler,
-                            operations=[_TrainMap(task, contract, aug), grain.Batch(batch_size, drop_remainder=True)],
-                            worker_count=worker_count)
+    labelled = _loader(source, [_TrainMap(task, contract, aug), grain.Batch(batch_size, drop_remainder=True)],
+                       seed, worker_count, shard_index, shard_count)
+    if unlabelled is None:
+        return labelled
+    # another seed: the unlabelled stream's shuffle and augmentation are not the labelled one's
+    extra = _loader(unlabelled, [_UnlabelledMap(task, contract, aug),
+                                 grain.Batch(batch_size * unlabelled_ratio, drop_remainder=True)],
+                    seed + 7919, worker_count, shard_index, shard_count)
+    return _Paired(labelled, extra)
 
 
 def eval_batches(source: Sequence[dict], task, contract: InputContract, batch_size: int, *, shard_index: int = 0,

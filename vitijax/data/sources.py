@@ -12,11 +12,12 @@ import logging
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 
 from vitijax.contract import CROP_MARGIN
 from vitijax.data import synthetic, tfds_io
 from vitijax.data.records import make_example
-from vitijax.data.splits import fraction_split
+from vitijax.data.splits import fraction_split, withhold_labels
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def _memory_splits(data_cfg, splits, margin):
     seed, n = int(data_cfg.seed), int(data_cfg.patients)
     ids = [synthetic.make_patient(seed, i).patient_id for i in range(n)]
     by_split = fraction_split(ids, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction, seed=seed)
+    if data_cfg.get("labelled_patients"):  # the other training patients' photos become the unlabelled split
+        by_split = withhold_labels(by_split, int(data_cfg.labelled_patients), seed=seed)
     out = {}
     for name in splits:
         if name not in by_split:
@@ -70,7 +73,8 @@ def _memory_splits(data_cfg, splits, margin):
             for visit in range(int(data_cfg.visits)):
                 for view in synthetic.VIEWS:
                     s = synthetic.render(patient, visit, view, tuple(data_cfg.photo_size))
-                    examples.append(make_example(s.image, s.face_mask, s.vitiligo_mask, patient=s.patient_id,
+                    lesion = s.vitiligo_mask if name != "unlabelled" else np.zeros_like(s.vitiligo_mask)  # withheld
+                    examples.append(make_example(s.image, s.face_mask, lesion, patient=s.patient_id,
                                                  visit=visit, view=view, face_box=s.face_box, margin=margin))
         out[name] = examples
     return out

@@ -60,6 +60,21 @@ def fraction_split(patients: Sequence[str], *, val_fraction: float = 0.1, test_f
     return splits
 
 
+def withhold_labels(splits: dict[str, list[str]], labelled_patients: int, seed: int = 0) -> dict[str, list[str]]:
+    """``splits`` with train cut to ``labelled_patients`` of its patients (a seeded choice) and the rest
+    moved to an ``unlabelled`` split: their photos are trained on without their masks (semi-supervised
+    training, :mod:`vitijax.tasks.lesion_semi`). Validation and test are untouched, so a run on all the
+    labels and a run on a few are scored on the same held-out patients."""
+    train = list(splits["train"])
+    if not 0 < labelled_patients <= len(train):
+        raise ValueError(f"labelled_patients must be 1..{len(train)} (the training patients), got {labelled_patients}")
+    keep = set(np.random.default_rng(seed + 1).choice(train, labelled_patients, replace=False).tolist())
+    out = {**splits, "train": sorted(p for p in train if p in keep),
+           "unlabelled": sorted(p for p in train if p not in keep)}
+    check_no_leak(out)
+    return out
+
+
 def held_out_split(patients: Sequence[str], test_patients: Sequence[str], *,
                    validation_patients: Sequence[str] | None = None, val_fraction: float = 0.1,
                    seed: int = 0) -> dict[str, list[str]]:

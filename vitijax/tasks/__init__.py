@@ -21,6 +21,11 @@ task module defines:
   ``SELECTION_KEY`` (the validation figure that picks the best model),
   ``summary_line(title, flat)`` and ``describe(meta)``; segmentation tasks also ``REPORT``
   (how ``launch.evaluate``'s report speaks of them, :data:`vitijax.report.html.LESION_REPORT`).
+
+Optional: ``train_step`` (a step of its own, e.g. with a teacher), ``init_teacher`` and
+``eval_variables`` (a teacher in the train state and what is evaluated), ``prepare_unlabelled``
+(photos without labels, ``data.unlabelled_split``) and ``MODEL_TASK`` (the task the trained network
+is stored as: :mod:`vitijax.tasks.lesion_semi` trains the lesion network).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any, Mapping
 from vitijax.checkpoint import CheckpointError
 from vitijax.contract import InputContract
 
-TASKS = ("lesion", "face_mask", "face_box")
+TASKS = ("lesion", "face_mask", "face_box", "lesion_semi")
 
 
 def get(name: str) -> ModuleType:

@@ -5,20 +5,24 @@ Build (no TensorFlow needed)::
     python -m launch.build_dataset --name synthetic_uv_vitiligo --config small --data-dir data/tfds
 
 Configs: ``tiny`` (tests), ``small`` (the CPU main job), ``medium``, ``paper``
-(the paper's 87 patients at 2832x4240: slow, several GB). Splits are by
-patient: train / validation / test.
+(the paper's 87 patients at 2832x4240: slow, several GB), and for
+semi-supervised training ``semi`` (6 labelled training patients, 40 in an
+``unlabelled`` split whose lesion masks no run reads) and ``semi_full`` (the
+same 46 all labelled, the same held-out patients). Splits are by patient:
+train / validation / test (/ unlabelled).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from vitijax.data import synthetic, tfds_io
 from vitijax.contract import CROP_MARGIN
 from vitijax.data.records import make_example
-from vitijax.data.splits import fraction_split
+from vitijax.data.splits import fraction_split, withhold_labels
 
 
 @dataclasses.dataclass
@@ -31,6 +35,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     max_side: int | None = None  # downscale crops above this side
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    labelled_patients: int | None = None  # keep the labels of this many training patients; the rest: "unlabelled"
 
 
 class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
@@ -49,6 +54,11 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
         SyntheticConfig(name="paper", description="87 patients x 1 visit x 3 views at 4240x2832, crops <= 1024",
                         photo_size=synthetic.PAPER_SIZE, patients=87, visits=1, max_side=1024,
                         val_fraction=0.1, test_fraction=0.07),
+        SyntheticConfig(name="semi", description="56 patients x 2 visits x 3 views at 384x256: 5 validation, 5 test, "
+                        "6 labelled training patients and 40 unlabelled", photo_size=(384, 256), patients=56, visits=2,
+                        val_fraction=5 / 56, test_fraction=5 / 56, labelled_patients=6),
+        SyntheticConfig(name="semi_full", description="semi with all 46 training patients labelled (the ceiling)",
+                        photo_size=(384, 256), patients=56, visits=2, val_fraction=5 / 56, test_fraction=5 / 56),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -59,17 +69,22 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         ids = [synthetic.make_patient(c.seed, i).patient_id for i in range(c.patients)]
         splits = fraction_split(ids, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=c.seed)
+        if c.labelled_patients:
+            splits = withhold_labels(splits, c.labelled_patients, seed=c.seed)
         index = {pid: i for i, pid in enumerate(ids)}
-        return {name: self._generate_examples([index[p] for p in patients]) for name, patients in splits.items()}
+        return {name: self._generate_examples([index[p] for p in patients], labelled=name != "unlabelled")
+                for name, patients in splits.items()}
 
-    def _generate_examples(self, patient_indices):
+    def _generate_examples(self, patient_indices, labelled: bool = True):
+        """The photos of these patients; unlabelled ones are stored with an empty lesion mask (withheld)."""
         c = self.builder_config
         for i in patient_indices:
             patient = synthetic.make_patient(c.seed, i)
             for visit in range(c.visits):
                 for view in synthetic.VIEWS:
                     s = synthetic.render(patient, visit, view, c.photo_size)
-                    ex = make_example(s.image, s.face_mask, s.vitiligo_mask, patient=s.patient_id, visit=visit,
+                    lesion = s.vitiligo_mask if labelled else np.zeros_like(s.vitiligo_mask)
+                    ex = make_example(s.image, s.face_mask, lesion, patient=s.patient_id, visit=visit,
                                       view=view, source_file=f"synthetic:{c.name}:seed{c.seed}",
                                       face_box=s.face_box, max_side=c.max_side, margin=c.crop_margin)
                     yield f"{s.patient_id}_v{visit}_{view}", tfds_io.encode(ex)

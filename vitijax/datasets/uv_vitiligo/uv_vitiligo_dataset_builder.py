@@ -38,13 +38,15 @@ class FolderConfig(tfds.core.BuilderConfig):
 
 
 class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
-    """UV photographs of vitiligo patients from a local folder (face-cropped, with masks)."""
+    """UV photographs of vitiligo patients from a local folder (face-cropped, with masks); photos without a
+    vitiligo mask form the ``unlabelled`` split (semi-supervised training; never evaluated on)."""
 
     name = "uv_vitiligo"
-    VERSION = tfds.core.Version("1.3.0")
+    VERSION = tfds.core.Version("1.4.0")
     RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024).",
                      "1.2.0": "Records the crop margin and the face-mask source; another margin is another config.",
-                     "1.3.0": "A photo without a face mask is cropped to the square holding it, with no margin."}
+                     "1.3.0": "A photo without a face mask is cropped to the square holding it, with no margin.",
+                     "1.4.0": "Photos without a vitiligo mask form the unlabelled split (semi-supervised training)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Lay out your photos and masks as described in vitijax's BUILD.md."
     BUILDER_CONFIGS = [
         FolderConfig(name="default", description="held-out list if present, else seeded 80/10/10 by patient"),
@@ -66,6 +68,14 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
             raise folder.UnusableDataset(f"{len(report.skipped)} photos were skipped (listed above and in "
                                          f"{report_path}); fix them, or build without them with --allow-skips")
         self.info.metadata["face_mask_source"] = folder.face_sources(records)
+        # Photos without a vitiligo mask are the "unlabelled" split (semi-supervised training): those of
+        # patients with no labelled photo, and of training patients; a held-out patient's are left out
+        # (training on them, even without labels, would leak the patient into the test).
+        unlabelled = [r for r in records if not r.labelled]
+        records = [r for r in records if r.labelled]
+        if not records:
+            raise folder.UnusableDataset(f"{root}: no photo has a vitiligo mask; a data set needs labelled photos "
+                                         "to evaluate on")
         patients = sorted({r.patient for r in records})
         held_out = os.path.join(root, c.test_patients_file)
         if c.folds:
@@ -78,8 +88,17 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
         else:
             splits = splits_lib.fraction_split(patients, val_fraction=c.val_fraction,
                                                test_fraction=c.test_fraction, seed=c.seed)
-        return {name: self._generate_examples([r for r in records if r.patient in set(ids)])
-                for name, ids in splits.items() if ids}
+        out = {name: self._generate_examples([r for r in records if r.patient in set(ids)])
+               for name, ids in splits.items() if ids}
+        # with k folds every labelled patient is held out once: only patients without any label are kept
+        held_out = set(patients) if c.folds else {p for name in ("validation", "test") for p in splits.get(name, [])}
+        kept = [r for r in unlabelled if r.patient not in held_out]
+        if len(kept) < len(unlabelled):
+            print(f"{len(unlabelled) - len(kept)} unlabelled photos of validation or test patients are left out "
+                  "(training on them would leak those patients)", flush=True)
+        if kept:
+            out["unlabelled"] = self._generate_examples(kept)
+        return out
 
     def _generate_examples(self, records):
         for r in records:

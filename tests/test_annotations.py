@@ -203,7 +203,8 @@ def test_label_studio_brush_rle_against_a_hand_written_bit_stream():
     literal = header + "0" "00" "011" + on * 4 + "1" "00" "111" + off + "1" "01" "0011" + on
     np.testing.assert_array_equal(ann_lib.brush_to_mask(packed(literal), (2, 2)), mask)
     # what the exporter writes: runs only, each with the smallest length field
-    assert ann_lib.mask_to_brush(mask) == packed(header + "1" "00" "011" + on + "1" "00" "111" + off + "1" "00" "011" + on)
+    runs = "1" "00" "011" + on + "1" "00" "111" + off + "1" "00" "011" + on
+    assert ann_lib.mask_to_brush(mask) == packed(header + runs)
     big = np.random.default_rng(0).random((300, 301)) > 0.3
     big[:250] = False  # runs longer than a 16-bit length field holds
     np.testing.assert_array_equal(ann_lib.brush_to_mask(ann_lib.mask_to_brush(big), big.shape), big)

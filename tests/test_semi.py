@@ -35,8 +35,9 @@ def test_teacher_is_an_ema_of_the_student():
     variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
     tx, schedule = make_optimizer(c.optimizer, 10)
     state = fresh_state(task, tx, variables["params"], variables["batch_stats"])
-    # a teacher unlike the student, so that the average is visible
-    state = state.replace(teacher=jax.tree_util.tree_map(lambda x: 0.5 * x + 0.01, state.teacher))
+    # a teacher unlike the student, so that the average is visible; at step 50 the warm-up has passed 0.9
+    state = state.replace(teacher=jax.tree_util.tree_map(lambda x: 0.5 * x + 0.01, state.teacher),
+                          step=jnp.asarray(50, jnp.int32))
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
              "label": (rng.random((2, 64, 64)) > 0.8).astype(np.int32),
@@ -46,6 +47,8 @@ def test_teacher_is_an_ema_of_the_student():
     new, out = task.train_step(state, batch, model=model, task_loss=task.loss, tx=tx, loss_cfg=c.loss,
                                schedule=schedule)
     d = c.loss.ema_decay
+    assert float(task.ema_decay(jnp.asarray(50), d)) == pytest.approx(min(d, 1 - 1 / 51))
+    assert float(task.ema_decay(jnp.asarray(0), d)) == 0.0  # the first step's teacher is the student
     for old, student, teacher in zip(_leaves(state.teacher["params"]), _leaves(new.params),
                                      _leaves(new.teacher["params"])):
         np.testing.assert_allclose(teacher, d * old + (1 - d) * student, rtol=1e-6, atol=1e-7)
@@ -168,3 +171,17 @@ def test_semi_supervised_run_resumes_the_teacher_bit_for_bit(tmp_path):
     assert any(k.startswith("teacher/params/") for k in a) and any(k.startswith("teacher/batch_stats/") for k in a)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_study_summary_states_the_spread_and_the_share_of_the_gap_closed():
+    from launch.semi_study import markdown, summarise
+
+    runs = {"labelled_only": {0: {"dice": 60.0, "ratio_mae": 4.0}, 1: {"dice": 64.0, "ratio_mae": 3.0}},
+            "semi": {0: {"dice": 70.0, "ratio_mae": 2.5}, 1: {"dice": 70.0, "ratio_mae": 2.5}},
+            "all_labelled": {0: {"dice": 80.0, "ratio_mae": 1.0}, 1: {"dice": 82.0, "ratio_mae": 2.0}}}
+    s = summarise(runs)
+    assert s["labelled_only"]["dice_mean"] == 62.0 and s["labelled_only"]["dice_sd"] == pytest.approx(8 ** 0.5)
+    assert s["gap_closed"]["dice"] == pytest.approx((70 - 62) / (81 - 62))
+    assert s["gap_closed"]["mae"] == pytest.approx((2.5 - 3.5) / (1.5 - 3.5))  # 50 %: lower is better, same rule
+    page = markdown(s, runs, "python -m launch.semi_study --seeds 0 1")
+    assert "| semi | 6 | 40 | 70.0 ± 0.0 (70.0-70.0) |" in page and "Dice 42 %, F-Vitiligo MAE 50 %" in page

@@ -39,7 +39,14 @@ def load_params(path):
 
 
 def test_one_step_on_8_devices_equals_one_device():
-    """The same global batch: an 8-way data-parallel step and a 1-device step agree to 5e-5.
+    """The same global batch: an 8-way data-parallel step and a 1-device step agree to 5e-5, for the
+    supervised step and for lesion_semi's (its teacher too; 4 labelled + 4 unlabelled crops on 4 devices).
+
+    Kept at 8 crops per forward pass on purpose: at 16 (2 per device on 8 devices, or 8 on 2) the
+    whole DDRNet-23-tiny's data-parallel gradient on XLA's CPU devices differs from the 1-device
+    one, which agrees with a float64 reference to 1e-5, by about 0.35 % of its norm (stem kernels up
+    to 0.09), while each module alone (stem, batch norm, head, DAPPM) agrees. That is reported,
+    not yet explained; this test guards the layout it passes at.
 
     What differs is float rounding (per-device partial sums, and per-device convolutions blocked
     differently), amplified by the train-mode batch norms: measured 7e-6 with YNNPACK's convolutions
@@ -61,33 +68,55 @@ def test_one_step_on_8_devices_equals_one_device():
         from vitijax.optim import make_optimizer
         from vitijax import tasks
         from vitijax.train import compile_steps, create_train_state
-        c = get_config()
         assert jax.device_count() == 8
         r = np.random.default_rng(0)
         batch = {"image": r.normal(size=(8, 64, 64, 3)).astype(np.float32),
-                 "label": r.integers(0, 2, (8, 64, 64)).astype(np.int32)}
-        out = {}
-        for n in (1, 8):
-            mesh = sharding.make_mesh(jax.devices()[:n])
-            lesion = tasks.get("lesion")
-            model = lesion.build_model(lesion.model_meta(c.model))
-            _, sched = make_optimizer(c.optimizer, 10)
-            tx = optax.sgd(0.1)
-            state = create_train_state(model, tx, (64, 64), 0, mesh)
-            step, _ = compile_steps(lesion, model, tx, c.loss, sched, mesh)
-            state, m = step(state, sharding.global_batch(batch, mesh))
-            out[n] = (jax.device_get(state.params), jax.device_get(state.batch_stats), float(m["loss"]))
-        rel = lambda i: max(float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()) for a, b in
-                            zip(jax.tree_util.tree_leaves(out[1][i]), jax.tree_util.tree_leaves(out[8][i])))
-        print(json.dumps({"params": rel(0), "stats": rel(1), "loss1": out[1][2], "loss8": out[8][2]}))
+                 "label": r.integers(0, 2, (8, 64, 64)).astype(np.int32),
+                 # lesion_semi's unlabelled views (given to that task only)
+                 "u_weak": r.normal(size=(8, 64, 64, 3)).astype(np.float32),
+                 "u_strong": r.normal(size=(8, 64, 64, 3)).astype(np.float32),
+                 "u_face": np.ones((8, 64, 64), np.uint8)}
+        res = {}
+        for name in ("lesion", "lesion_semi"):
+            c = get_config("semi" if name == "lesion_semi" else None)
+            if name == "lesion_semi":
+                # a pixel whose teacher probability lies within rounding of the confidence threshold may be
+                # pseudo-labelled on one layout and not the other (a jump in the loss, not an error): at 0
+                # every face pixel is labelled and the arithmetic of the step is what is compared
+                c.loss.confidence = 0.0
+            task = tasks.get(name)
+            # lesion_semi: 4 labelled + 4 unlabelled crops, one forward pass of 8 as the supervised step's
+            used = ({k: v[:4] for k, v in batch.items()} if name == "lesion_semi"
+                    else {k: v for k, v in batch.items() if not k.startswith("u_")})
+            out = {}
+            for n in (1, 8 if name == "lesion" else 4):  # 4 labelled crops: 1 per device
+                mesh = sharding.make_mesh(jax.devices()[:n])
+                model = task.build_model(task.model_meta(c.model))
+                _, sched = make_optimizer(c.optimizer, 10)
+                tx = optax.sgd(0.1)
+                state = create_train_state(model, tx, (64, 64), 0, mesh, task)
+                step, _ = compile_steps(task, model, tx, c.loss, sched, mesh)
+                state, m = step(state, sharding.global_batch(used, mesh))
+                out[n] = (jax.device_get(state.params), jax.device_get(state.batch_stats),
+                          jax.device_get(state.teacher), float(m["loss"]))
+            one, many = out[1], out[max(out)]
+            rel = lambda i: max([float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()) for a, b in
+                                 zip(jax.tree_util.tree_leaves(one[i]), jax.tree_util.tree_leaves(many[i]))],
+                                default=0.0)
+            res[name] = {"params": rel(0), "stats": rel(1), "teacher": rel(2), "loss1": one[3], "loss8": many[3]}
+        print(json.dumps(res))
     """)
     r = run_python(["-c", script], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["params"] <= 5e-5 and res["stats"] <= 5e-5, res  # |diff| / max(1, |value|)
-    assert res["loss1"] == pytest.approx(res["loss8"], rel=1e-5)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, res in out.items():  # the supervised step and lesion_semi's (teacher, pseudo-labels, two streams)
+        # lesion_semi adds the pseudo-label loss to the same parameters: about twice the rounding (7e-5 measured),
+        # still 20x below the 1.6e-3 of per-device batch statistics
+        bound = 5e-5 if name == "lesion" else 1e-4
+        assert res["params"] <= bound and res["stats"] <= bound and res["teacher"] <= bound, (name, res)
+        assert res["loss1"] == pytest.approx(res["loss8"], rel=1e-5), name
 
 
 def _free_port() -> int:

@@ -154,8 +154,8 @@ def compile_steps(task, model, tx, loss_cfg, schedule, mesh):
     """(jitted train step with the state donated, jitted eval step) of ``task``, sharded over ``mesh``.
     A task with its own ``train_step`` (same signature) uses it."""
     rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    step = jax.jit(functools.partial(getattr(task, "train_step", train_step), model=model, task_loss=task.loss, tx=tx, loss_cfg=loss_cfg,
-                                     schedule=schedule),
+    step = jax.jit(functools.partial(getattr(task, "train_step", train_step), model=model, task_loss=task.loss,
+                                     tx=tx, loss_cfg=loss_cfg, schedule=schedule),
                    in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
     return step, evaluation.compile_eval_step(task, model, mesh)
 

@@ -8,8 +8,9 @@ model, input contract, labelled loss, evaluation and stored metadata
 it is; ``trained_as: lesion_semi`` says how). What differs is the step:
 
 * the train state carries a **teacher**, an exponential moving average
-  (``loss.ema_decay``) of the student's parameters and batch statistics,
-  checkpointed and resumed with the rest;
+  (``loss.ema_decay``, warmed up as min(decay, 1 - 1/(t + 1))) of the
+  student's parameters and batch statistics, checkpointed and resumed with
+  the rest;
 * each step takes a labelled batch (the OHEM loss of the paper) and
   ``data.unlabelled_ratio`` times as many unlabelled crops, each in two views
   that share one geometric augmentation: a *weak* view (geometry only) and a
@@ -98,6 +99,12 @@ def eval_variables(state) -> dict[str, Any]:
     return {"params": state.teacher["params"], "batch_stats": state.teacher["batch_stats"]}
 
 
+def ema_decay(step: jax.Array, decay: float) -> jax.Array:
+    """The teacher's decay at ``step``: min(decay, 1 - 1/(step + 1)) (Tarvainen & Valpola's warm-up), so
+    that early on the teacher is the average of the steps so far rather than the random start."""
+    return jnp.minimum(jnp.float32(decay), 1.0 - 1.0 / (step.astype(jnp.float32) + 1.0))
+
+
 def rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
     """exp(-5 (1 - t/T)^2) for t < T, then 1 (Laine & Aila's sigmoid ramp-up)."""
     if int(rampup_steps) <= 0:
@@ -144,7 +151,7 @@ def train_step(state, batch: Mapping[str, jax.Array], *, model, task_loss, tx: o
     (total, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    d = loss_cfg.ema_decay
+    d = ema_decay(state.step, loss_cfg.ema_decay)
     ema = lambda t, s: jax.tree_util.tree_map(lambda a, b: d * a + (1.0 - d) * b, t, s)  # noqa: E731
     teacher = {"params": ema(state.teacher["params"], params),
                "batch_stats": ema(state.teacher["batch_stats"], batch_stats)}

@@ -81,9 +81,19 @@ def test_pseudo_labels_below_the_threshold_carry_no_loss():
     log_p = up - np.log(np.exp(up).sum(-1, keepdims=True))
     assert float(loss) == pytest.approx(float(-log_p[..., 1][face[0] > 0].mean()), rel=1e-5)
     assert np.all(np.asarray(grad)[1] == 0)  # the unsure image pushes nothing
+    # class-balanced: background and lesion pixels weigh the same whatever their counts (numpy reference)
+    mixed = labels.copy()
+    mixed[0, :4, :4] = 0  # 16 background pixels among 112 lesion ones
+    balanced = float(pseudo_label_loss(student, jnp.asarray(mixed), class_balanced=True))
+    per_class = [-log_p[..., k][mixed[0] == k].mean() for k in (0, 1)]
+    assert balanced == pytest.approx(float(np.mean(per_class)), rel=1e-5)
+    plain = float(pseudo_label_loss(student, jnp.asarray(mixed)))
+    assert plain == pytest.approx(float(-(log_p[..., 0][mixed[0] == 0].sum() + log_p[..., 1][mixed[0] == 1].sum())
+                                        / (mixed[0] != 255).sum()), rel=1e-5)
     none = jnp.full((2, 16, 16), 255, jnp.int32)
-    loss0, grad0 = jax.value_and_grad(lambda x: pseudo_label_loss(x, none))(student)
-    assert float(loss0) == 0.0 and not np.asarray(grad0).any()
+    for balanced in (False, True):
+        loss0, grad0 = jax.value_and_grad(lambda x: pseudo_label_loss(x, none, class_balanced=balanced))(student)
+        assert float(loss0) == 0.0 and not np.asarray(grad0).any()
 
 
 def test_the_unlabelled_split_never_reaches_evaluation(tmp_path, capsys):

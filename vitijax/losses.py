@@ -107,17 +107,28 @@ def ohem_cross_entropy(
     return jnp.where(n_kept > 0, total / jnp.maximum(n_kept, 1).astype(jnp.float32), 0.0)
 
 
-def pseudo_label_loss(logits: jax.Array, labels: jax.Array, *, ignore_index: int = 255) -> jax.Array:
-    """Mean cross-entropy of ``logits`` [b, h, w, c] (resized bilinearly to the labels, as OHEM does)
-    against integer ``labels`` [b, H, W] over the pixels not labelled ``ignore_index``; 0 when there
-    are none (a batch without a confident pseudo-label carries no loss). A float32 scalar."""
+def pseudo_label_loss(logits: jax.Array, labels: jax.Array, *, ignore_index: int = 255,
+                      class_balanced: bool = False) -> jax.Array:
+    """Cross-entropy of ``logits`` [b, h, w, c] (resized bilinearly to the labels, as OHEM does) against
+    integer ``labels`` [b, H, W] over the pixels not labelled ``ignore_index``; 0 when there are none (a
+    batch without a confident pseudo-label carries no loss). A float32 scalar.
+
+    ``class_balanced``: the mean over the classes present of each class's mean loss, so that a class
+    covering 1 % of the pixels (lesion) weighs as much as one covering 99 % (background skin);
+    otherwise the mean over all labelled pixels."""
     b, hh, ww = labels.shape
     log_p = jax.nn.log_softmax(resize_bilinear(logits.astype(jnp.float32), (hh, ww)), axis=-1)
     valid = labels != ignore_index
     target = jnp.where(valid, labels, 0).astype(jnp.int32)
-    nll = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
-    n = jnp.sum(valid)
-    return jnp.where(n > 0, jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n, 1).astype(jnp.float32), 0.0)
+    nll = jnp.where(valid, -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0], 0.0)
+    if not class_balanced:
+        n = jnp.sum(valid)
+        return jnp.where(n > 0, jnp.sum(nll) / jnp.maximum(n, 1).astype(jnp.float32), 0.0)
+    onehot = jax.nn.one_hot(target, log_p.shape[-1]) * valid[..., None]  # [b, H, W, c]
+    count = jnp.sum(onehot, axis=(0, 1, 2))
+    per_class = jnp.sum(onehot * nll[..., None], axis=(0, 1, 2)) / jnp.maximum(count, 1.0)
+    present = count > 0
+    return jnp.sum(jnp.where(present, per_class, 0.0)) / jnp.maximum(jnp.sum(present), 1).astype(jnp.float32)
 
 
 def ddrnet_loss(

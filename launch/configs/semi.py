@@ -43,6 +43,6 @@ def get_config(setting: str = "semi"):
         c.data.unlabelled_split = "unlabelled"
         c.data.unlabelled_ratio = 1  # unlabelled crops per labelled one in a step
         # EMA teacher; pseudo-labels where its top class reaches 0.9; weight ramped up over the first 200 steps
-        c.loss.update(ema_decay=0.99, confidence=0.9, unlabelled_weight=1.0, rampup_steps=200)
+        c.loss.update(ema_decay=0.99, confidence=0.9, unlabelled_weight=1.0, rampup_steps=200, class_balanced=True)
         c.augment.update(strong_factor=2.0, cutout=0.25)
     return c

@@ -21,6 +21,9 @@ it is; ``trained_as: lesion_semi`` says how). What differs is the step:
   on the strong view with cross-entropy (FixMatch, Sohn et al. 2020, with
   the teacher of Tarvainen & Valpola 2017); less confident pixels and pixels
   outside the face carry no loss;
+* with ``loss.class_balanced`` each pseudo-labelled class weighs the same
+  (the mean of the per-class mean losses): confident pixels are mostly
+  background skin, and an unbalanced loss teaches the student to miss lesions;
 * the unlabelled loss is weighted by ``loss.unlabelled_weight`` times a ramp
   ``exp(-5 (1 - t/T)^2)`` over ``loss.rampup_steps`` (then 1);
 * validation, the best model and the test figures use the teacher (the
@@ -54,7 +57,8 @@ from vitijax.tasks.lesion import (DEVICE_KEYS, HOST_KEYS, INPUT_KEYS, REPORT, SE
 NAME = "lesion_semi"
 MODEL_TASK = "lesion"  # what the trained network is, in every checkpoint, bundle and analysis
 MODEL_KEYS = segmentation.MODEL_KEYS
-LOSS_KEYS = (*segmentation.LOSS_KEYS, "ema_decay", "confidence", "unlabelled_weight", "rampup_steps")
+LOSS_KEYS = (*segmentation.LOSS_KEYS, "ema_decay", "confidence", "unlabelled_weight", "rampup_steps",
+             "class_balanced")
 AUGMENT_KEYS = (*segmentation.AUGMENT_KEYS, "strong_factor", "cutout")
 UNLABELLED_KEYS = ("u_weak", "u_strong", "u_face")
 
@@ -144,7 +148,8 @@ def train_step(state, batch: Mapping[str, jax.Array], *, model, task_loss, tx: o
         main = outputs[0] if isinstance(outputs, tuple) else outputs
         labelled = jax.tree_util.tree_map(lambda o: o[:n], outputs)
         sup, parts = task_loss(labelled, batch, loss_cfg)
-        unsup = pseudo_label_loss(main[n:], targets, ignore_index=loss_cfg.ignore_index)
+        unsup = pseudo_label_loss(main[n:], targets, ignore_index=loss_cfg.ignore_index,
+                                  class_balanced=bool(loss_cfg.get("class_balanced", False)))
         return sup + weight * unsup, ({**parts, "loss_labelled": sup, "loss_unlabelled": unsup},
                                       updated.get("batch_stats", {}))
 

@@ -79,6 +79,16 @@ def photometric(img: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.n
     return np.clip(x, 0, 255)
 
 
+def random_affine(hw: tuple[int, int], size: tuple[int, int], aug: Augment, rng: np.random.Generator):
+    """(output->input affine coefficients, flipped?) of one random scale, rotation, shift and flip of a
+    crop [h, w] onto the network input ``size``: the geometry of every augmented crop."""
+    flip = bool(aug.flip and rng.random() < 0.5)
+    coeffs = inputs.affine(hw, size, scale=rng.uniform(*aug.scale_range),
+                           angle_deg=rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg),
+                           shift=tuple(rng.uniform(-aug.shift, aug.shift, 2)), flip=flip)
+    return coeffs, flip
+
+
 def crop_example(example: dict, contract: InputContract, aug: Augment | None = None,
                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """An example's face crop -> {'image': float32 [h, w, 3] network input, 'face' and 'lesion': uint8
@@ -94,10 +104,7 @@ def crop_example(example: dict, contract: InputContract, aug: Augment | None = N
         coeffs = inputs.affine(image.shape[:2], size)
     else:
         aug = aug or Augment()
-        flip = bool(aug.flip and rng.random() < 0.5)
-        coeffs = inputs.affine(image.shape[:2], size, scale=rng.uniform(*aug.scale_range),
-                               angle_deg=rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg),
-                               shift=tuple(rng.uniform(-aug.shift, aug.shift, 2)), flip=flip)
+        coeffs, flip = random_affine(image.shape[:2], size, aug, rng)
     img = inputs.warp(image, coeffs, size, Image.Resampling.BILINEAR)
     face_r = inputs.warp(face, coeffs, size, Image.Resampling.NEAREST)
     lesion_r = inputs.warp(lesion, coeffs, size, Image.Resampling.NEAREST)

@@ -46,7 +46,7 @@ import optax
 from PIL import Image
 
 from vitijax import inputs
-from vitijax.data.pipeline import photometric
+from vitijax.data.pipeline import photometric, random_affine
 from vitijax.losses import pseudo_label_loss
 from vitijax.resize import resize_bilinear
 from vitijax.tasks import segmentation
@@ -72,10 +72,7 @@ def prepare_unlabelled(example: dict, contract, aug, rng: np.random.Generator) -
     face = np.asarray(example["face_mask"])
     face = (face[..., 0] if face.ndim == 3 else face).astype(np.uint8)
     size = contract.size
-    flip = bool(aug.flip and rng.random() < 0.5)
-    coeffs = inputs.affine(image.shape[:2], size, scale=rng.uniform(*aug.scale_range),
-                           angle_deg=rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg),
-                           shift=tuple(rng.uniform(-aug.shift, aug.shift, 2)), flip=flip)
+    coeffs, _ = random_affine(image.shape[:2], size, aug, rng)
     img = inputs.warp(image, coeffs, size, Image.Resampling.BILINEAR)
     face_r = inputs.warp(face, coeffs, size, Image.Resampling.NEAREST)
     k = float(aug.strong_factor)

@@ -44,6 +44,11 @@ def _parse_data(spec: str) -> tuple[str, str | None, str]:
     return name, (cfg or None), (split or "test")
 
 
+def split_names(spec: str) -> set[str]:
+    """The split names of a TFDS split spec: "validation+unlabelled[:50%]" -> {"validation", "unlabelled"}."""
+    return {part.split("[")[0].strip() for part in spec.split("+")}
+
+
 def run_model(a) -> int:
     import jax
 
@@ -53,7 +58,7 @@ def run_model(a) -> int:
     from vitijax.evaluate import compile_eval_step, summarize
     from vitijax.report.evaluation import write_report
 
-    if _parse_data(a.data)[2].split("[")[0] == "unlabelled":
+    if "unlabelled" in split_names(_parse_data(a.data)[2]):
         raise ValueError(f"--data {a.data}: the unlabelled split has no lesion masks (it is for semi-supervised "
                          "training only); evaluate on test or validation")
     compile_cache.enable()
@@ -127,6 +132,10 @@ def run_bundle(a) -> int:
     roots = [os.path.abspath(p) for p in a.photos]
     report = folder.Report(", ".join(roots))
     items = [item for root in roots for item in folder.entries(root, report)]
+    for img, face, vit, *_ in list(items):  # the chain is scored against truth: both masks are needed
+        if not (os.path.isfile(face) and os.path.isfile(vit)):
+            report.add(img, "no face mask or no vitiligo mask: nothing to score it against", "skipped")
+            items.remove((img, face, vit, *_))
     for p in report.problems:
         print(f"skipped {p.file}: {p.problem}", file=sys.stderr)
     if not items:

@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, (setting, seed) in enumerate(todo):
         workdir = os.path.join(a.out, setting, f"seed{seed}")
         done = os.path.join(workdir, "final_metrics.json")
+        if os.path.isfile(done) and a.steps:  # a finished run is reused only if it ran the steps asked for
+            with open(os.path.join(workdir, "config.json")) as f:
+                ran = json.load(f).get("num_steps")
+            if ran != a.steps:
+                p.error(f"{workdir} ran {ran} steps, not --steps {a.steps}: choose another --out")
         if not os.path.isfile(done):
             c = semi.get_config(setting)
             c.seed = seed

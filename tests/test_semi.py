@@ -107,6 +107,19 @@ def test_the_unlabelled_split_never_reaches_evaluation(tmp_path, capsys):
         bad.data[key] = "unlabelled"
         with pytest.raises(ValueError, match="the unlabelled split 'unlabelled' cannot be evaluated on"):
             configure(bad)
+    for key, spec in (("train_split", "train+unlabelled"), ("eval_split", "validation+unlabelled[:50%]")):
+        bad = get_config("semi")
+        bad.data[key] = spec
+        with pytest.raises(ValueError, match=f"config.data.{key}: the unlabelled split 'unlabelled' cannot be"):
+            configure(bad)
+    bad = get_config("semi")
+    bad.data.unlabelled_ratio = 0
+    with pytest.raises(ValueError, match="unlabelled_ratio must be >= 1"):
+        configure(bad)
+    bad = get_config()  # --config.task=lesion_semi on a config without the semi keys: said before any work
+    bad.task, bad.data.unlabelled_split = "lesion_semi", "unlabelled"
+    with pytest.raises(ValueError, match="config.loss: the lesion_semi task needs ema_decay, confidence"):
+        configure(bad)
     plain = get_config()
     plain.data.unlabelled_split = "unlabelled"
     with pytest.raises(ValueError, match="the lesion task does not train on unlabelled photos"):
@@ -121,9 +134,10 @@ def test_the_unlabelled_split_never_reaches_evaluation(tmp_path, capsys):
     assert not patients["unlabelled"] & (patients["validation"] | patients["test"] | patients["train"])
     assert all(not np.asarray(ex["vitiligo_mask"]).any() for ex in splits["unlabelled"])  # withheld
     assert any(np.asarray(ex["vitiligo_mask"]).any() for ex in splits["train"])
-    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run"), "--data", "synthetic_uv_vitiligo:semi/unlabelled",
-                              "--out", str(tmp_path / "ev")]) == 2
-    assert "the unlabelled split has no lesion masks" in capsys.readouterr().err
+    for spec in ("synthetic_uv_vitiligo:semi/unlabelled", "synthetic_uv_vitiligo:semi/test+unlabelled[:10%]"):
+        assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run"), "--data", spec,
+                                  "--out", str(tmp_path / "ev")]) == 2
+        assert "the unlabelled split has no lesion masks" in capsys.readouterr().err
 
 
 def test_a_folder_without_some_lesion_masks_builds_an_unlabelled_split(tmp_path, capsys):
@@ -181,6 +195,9 @@ def test_semi_supervised_run_resumes_the_teacher_bit_for_bit(tmp_path):
     assert any(k.startswith("teacher/params/") for k in a) and any(k.startswith("teacher/batch_stats/") for k in a)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # the semi-supervised checkpoint is not resumed as supervised training (it holds a teacher)
+    plain = run_python(["-m", "tests.helpers.train_run", str(wd), str(tmp_path / "plain.npz"), "--steps", "8"])
+    assert plain.returncode != 0 and "trained_as: checkpoint has 'lesion_semi', expected None" in plain.stderr
 
 
 def test_study_summary_states_the_spread_and_the_share_of_the_gap_closed():

@@ -91,9 +91,21 @@ def configure(config):
     if hasattr(task, "prepare_unlabelled") and not unlabelled:
         raise ValueError(f"the {task.NAME} task needs config.data.unlabelled_split (the split of photos without "
                          "lesion masks, e.g. unlabelled)")
-    if unlabelled and unlabelled in (config.data.eval_split, config.data.test_split):
-        raise ValueError(f"config.data: the unlabelled split {unlabelled!r} cannot be evaluated on (it has no "
-                         "lesion masks)")
+    if unlabelled:
+        for key in ("train_split", "eval_split", "test_split"):
+            names = {p.split("[")[0].strip() for p in str(config.data[key]).split("+")}
+            if unlabelled in names:
+                raise ValueError(f"config.data.{key}: the unlabelled split {unlabelled!r} cannot be "
+                                 f"{'trained on with labels' if key == 'train_split' else 'evaluated on'} (it has "
+                                 "no lesion masks)")
+        if int(config.data.get("unlabelled_ratio") or 0) < 1:
+            raise ValueError(f"config.data.unlabelled_ratio must be >= 1 (unlabelled crops per labelled one), got "
+                             f"{config.data.get('unlabelled_ratio')}")
+    for block, keys in getattr(task, "REQUIRED_KEYS", {}).items():
+        missing = [k for k in keys if config[block].get(k) is None]
+        if missing:
+            raise ValueError(f"config.{block}: the {task.NAME} task needs {', '.join(missing)} (see "
+                             f"launch/configs/semi.py)")
     aug = Augment(**config.augment)  # Augment makes scale_range a tuple
     return task, task.contract(config.input), aug
 
@@ -217,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                  seed=int(config.seed), worker_count=int(config.input.get("worker_count", 0)),
                                  shard_index=jax.process_index(), shard_count=jax.process_count(),
                                  unlabelled=splits[unlabelled] if unlabelled else None,
-                                 unlabelled_ratio=int(d.get("unlabelled_ratio") or 1)))
+                                 unlabelled_ratio=int(d.get("unlabelled_ratio") or 1)))  # >= 1: configure
 
     # --- Model, optimiser, state ------------------------------------------
     # What identifies the model and what it consumes: stored with every checkpoint and the best model, and
@@ -233,7 +245,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     best = -1.0
     if start is not None:
         abstract = abstract_train_state(model, tx, contract.size, mesh, task)
-        state, data_state = ckpts.restore(start, abstract, expect=meta)
+        # trained_as: a lesion_semi checkpoint (with a teacher) is not resumed as plain lesion training, nor
+        # the other way round; checkpoints without the field were supervised
+        state, data_state = ckpts.restore(start, abstract, expect={**meta, "trained_as": meta.get("trained_as")})
         if data_state is not None:
             iterator.set_state(data_state)
         # Keep the best so far: a worse later model must not replace it. A best/ without a complete

@@ -372,14 +372,16 @@ def read_labelstudio(path: str, images: str) -> Iterator[Annotation]:
         photo = _find_photo(images, name, re.sub(r"^[0-9a-f]{8}-", "", os.path.basename(name)))
         h, w = _photo_size(photo)
         ann = Annotation(photo, (h, w), os.path.relpath(photo, images))
-        done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        done = sorted((a for a in task.get("annotations", []) if not a.get("was_cancelled")),
+                      key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), int(a.get("id") or 0)))
         if not done:
-            ann.skip = ("no annotation, only pre-annotations nobody reviewed" if task.get("predictions")
+            ann.skip = ("every annotation was cancelled (skipped in Label Studio)" if task.get("annotations")
+                        else "no annotation, only pre-annotations nobody reviewed" if task.get("predictions")
                         else "no annotation")
             yield ann
             continue
         if len(done) > 1:
-            ann.notes.append(f"{len(done)} annotations of this photo: the last one (id {done[-1].get('id')}) is read")
+            ann.notes.append(f"{len(done)} annotations of this photo: the latest (id {done[-1].get('id')}) is read")
         for r in done[-1].get("result", []):
             value = r.get("value", {})
             if r.get("type") == "polygonlabels":

@@ -212,20 +212,21 @@ def scan(root: str | os.PathLike, predicted: bool = False) -> tuple[list[Record]
                               f"{slots[slot]})", "skipped", kind="second photo for one slot")
             continue
         face_source = "annotation"
+        kept: list[tuple[str, str]] = []  # (note, kind): said once the photo is known to be kept
         if not os.path.isfile(face_path):
             guess = predicted_faces.predicted_path(str(root), patient, visit, view)
             if predicted and os.path.isfile(guess):
                 face_path, face_source = guess, "face-mask network"
-                report.add(image, f"no face mask: the face-mask network's ({guess}) is used", "kept",
-                           kind="face mask predicted by the face-mask network")
+                kept.append((f"no face mask: the face-mask network's ({guess}) is used",
+                             "face mask predicted by the face-mask network"))
             elif os.path.relpath(image, root) in no_face:
                 report.add(image, f"no face mask, and the face networks gave none "
                                   f"({no_face[os.path.relpath(image, root)]})", "skipped")
                 continue
             else:
                 face_path, face_source = "", "whole image"
-                report.add(image, "no face mask: the whole photo is the face region (whole-image mode)", "kept",
-                           kind="no face mask (whole-image mode)")
+                kept.append(("no face mask: the whole photo is the face region (whole-image mode)",
+                             "no face mask (whole-image mode)"))
         try:
             photo = read_photo(image)
             softened: list[int] = []
@@ -234,9 +235,8 @@ def scan(root: str | os.PathLike, predicted: bool = False) -> tuple[list[Record]
                 vit = read_mask(vit_path, photo.shape[:2], softened)
             else:
                 vit, vit_path = np.zeros(photo.shape[:2], np.uint8), ""
-                report.add(image, "no vitiligo mask: unlabelled, kept for semi-supervised training only (the "
-                                  "unlabelled split; never evaluated on)", "kept",
-                           kind="no vitiligo mask (unlabelled)")
+                kept.append(("no vitiligo mask: unlabelled, kept for semi-supervised training only (the "
+                             "unlabelled split; never evaluated on)", "no vitiligo mask (unlabelled)"))
         except ImageReadError as e:
             report.add(e.path, e.problem, "skipped")
             continue
@@ -262,6 +262,8 @@ def scan(root: str | os.PathLike, predicted: bool = False) -> tuple[list[Record]
             continue
         hashes[digest] = (image, patient)
         slots[slot] = image
+        for note, kind in kept:
+            report.add(image, note, "kept", kind=kind)
         records.append(Record(image, face_path, vit_path, patient, visit, view, digest, face_source))
     # Visits without all of the paper's three views (only among patients photographed in those views).
     by_visit: dict[tuple[str, int], set[str]] = {}

@@ -57,6 +57,9 @@ class Augment:
             raise ValueError(f"augment.scale_range must be 0 < low <= high, got {self.scale_range}")
         if not 0 <= self.no_face_prob <= 1 or not 0 <= self.blur_prob <= 1:
             raise ValueError("augment.no_face_prob and augment.blur_prob are probabilities in [0, 1]")
+        if not 0 <= self.cutout < 1 or self.strong_factor < 1:
+            raise ValueError(f"augment.cutout must be in [0, 1) and augment.strong_factor >= 1, got "
+                             f"{self.cutout} and {self.strong_factor}")
 
 
 def _mask2d(m: np.ndarray) -> np.ndarray:

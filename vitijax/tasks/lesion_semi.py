@@ -61,6 +61,7 @@ LOSS_KEYS = (*segmentation.LOSS_KEYS, "ema_decay", "confidence", "unlabelled_wei
              "class_balanced")
 AUGMENT_KEYS = (*segmentation.AUGMENT_KEYS, "strong_factor", "cutout")
 UNLABELLED_KEYS = ("u_weak", "u_strong", "u_face")
+REQUIRED_KEYS = {"loss": ("ema_decay", "confidence", "unlabelled_weight", "rampup_steps")}  # configure checks
 
 
 def prepare_unlabelled(example: dict, contract, aug, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ bit, and the unlabelled split never reaches evaluation."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -44,8 +45,9 @@ def test_teacher_is_an_ema_of_the_student():
              "u_weak": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
              "u_strong": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
              "u_face": np.ones((2, 64, 64), np.uint8)}
-    new, out = task.train_step(state, batch, model=model, task_loss=task.loss, tx=tx, loss_cfg=c.loss,
-                               schedule=schedule)
+    step = jax.jit(functools.partial(task.train_step, model=model, task_loss=task.loss, tx=tx, loss_cfg=c.loss,
+                                     schedule=schedule))
+    new, out = step(state, batch)
     d = c.loss.ema_decay
     assert float(task.ema_decay(jnp.asarray(50), d)) == pytest.approx(min(d, 1 - 1 / 51))
     assert float(task.ema_decay(jnp.asarray(0), d)) == 0.0  # the first step's teacher is the student

@@ -44,17 +44,13 @@ def _parse_data(spec: str) -> tuple[str, str | None, str]:
     return name, (cfg or None), (split or "test")
 
 
-def split_names(spec: str) -> set[str]:
-    """The split names of a TFDS split spec: "validation+unlabelled[:50%]" -> {"validation", "unlabelled"}."""
-    return {part.split("[")[0].strip() for part in spec.split("+")}
-
-
 def run_model(a) -> int:
     import jax
 
     from vitijax import compile_cache, sharding, tasks
     from vitijax.checkpoint import load_model, resolve_model_dir
     from vitijax.data import tfds_io
+    from vitijax.data.splits import split_names
     from vitijax.evaluate import compile_eval_step, summarize
     from vitijax.report.evaluation import write_report
 

@@ -41,6 +41,7 @@ from vitijax import evaluate as evaluation
 from vitijax.checkpoint import TrainCheckpoints, load_model, read_meta, save_model
 from vitijax.data.pipeline import Augment, train_loader
 from vitijax.data.sources import load_splits
+from vitijax.data.splits import split_names
 from vitijax.optim import make_optimizer
 from vitijax.run_log import MetricWriter, Progress
 
@@ -93,8 +94,7 @@ def configure(config):
                          "lesion masks, e.g. unlabelled)")
     if unlabelled:
         for key in ("train_split", "eval_split", "test_split"):
-            names = {p.split("[")[0].strip() for p in str(config.data[key]).split("+")}
-            if unlabelled in names:
+            if unlabelled in split_names(config.data[key]):
                 raise ValueError(f"config.data.{key}: the unlabelled split {unlabelled!r} cannot be "
                                  f"{'trained on with labels' if key == 'train_split' else 'evaluated on'} (it has "
                                  "no lesion masks)")

@@ -60,6 +60,11 @@ def fraction_split(patients: Sequence[str], *, val_fraction: float = 0.1, test_f
     return splits
 
 
+def split_names(spec: str) -> set[str]:
+    """The split names of a TFDS split spec: "validation+unlabelled[:50%]" -> {"validation", "unlabelled"}."""
+    return {part.split("[")[0].strip() for part in str(spec).split("+")}
+
+
 def withhold_labels(splits: dict[str, list[str]], labelled_patients: int, seed: int = 0) -> dict[str, list[str]]:
     """``splits`` with train cut to ``labelled_patients`` of its patients (a seeded choice) and the rest
     moved to an ``unlabelled`` split: their photos are trained on without their masks (semi-supervised

@@ -102,12 +102,12 @@ def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):
     if not photos:
         return rows
     try:
-        results = analyzer(photos, truths if needs_truth else None)
+        results = analyzer(photos, truths if needs_truth else None, views=[inp.view for inp, _ in keep])
     except Exception:  # noqa: BLE001  one photo's failure must not take the batch: retry one by one
         results = []
         for photo, truth, (inp, row) in zip(photos, truths, keep):
             try:
-                results.append(analyzer([photo], [truth] if needs_truth else None)[0])
+                results.append(analyzer([photo], [truth] if needs_truth else None, views=[inp.view])[0])
             except Exception as e:  # noqa: BLE001
                 row["reason"] = f"analysis failed: {type(e).__name__}: {e}"
                 results.append(None)

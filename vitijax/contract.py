@@ -44,6 +44,9 @@ class InputContract:
     mask_input: bool = False  # crop x face mask (the paper's masked crop), for the lesion network
     normalisation: str = "imagenet"  # "imagenet" (RGB/255, mean/std) or "retinaface" (BGR minus mean)
     detect_long_side: int = DETECT_LONG_SIDE
+    # The lesion network has a third class, "cannot be assessed" (glare), learnt from the data set's
+    # unassessable masks; analysis leaves those pixels out of both counts of F-Vitiligo.
+    unassessable: bool = False
 
     def __post_init__(self):
         h, w = (int(v) for v in self.size)
@@ -57,6 +60,8 @@ class InputContract:
         if not 0.0 <= float(self.margin) <= 1.0:
             raise ValueError(f"crop margin must be in [0, 1] (a fraction of the face box's larger side), "
                              f"got {self.margin}")
+        if self.unassessable and self.source != "crop":
+            raise ValueError("an unassessable class needs the face crop as input (source 'crop')")
         if self.normalisation not in ("imagenet", "retinaface"):
             raise ValueError(f"normalisation must be 'imagenet' or 'retinaface', got {self.normalisation!r}")
 

@@ -22,11 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 
 
+UNASSESSABLE = 2  # the class "cannot be assessed" (glare) of a glare-aware lesion network
+
+
+def unassessable(probabilities):
+    """Where a glare-aware lesion network (3 classes) says the skin cannot be assessed: the probability
+    of class :data:`UNASSESSABLE` exceeds one half. [..., 3] -> bool [...]."""
+    return probabilities[..., UNASSESSABLE] > 0.5
+
+
 def foreground(probabilities):
     """The one decision from class probabilities [..., classes] (numpy or jax) to a binary mask [...]:
-    a pixel is foreground (lesion, or face for the face-mask network) when the probability of anything
-    but class 0 exceeds one half. Training's validation, ``launch.evaluate``, the face-mask stage and
-    ``launch.analyze`` all decide here, on probabilities resized to the mask's size."""
+    with two classes, a pixel is foreground (lesion, or face for the face-mask network) when the
+    probability of class 1 (anything but class 0) exceeds one half; with a glare-aware lesion network's
+    three, when it is assessable (:func:`unassessable`) and lesion is likelier than skin. Training's
+    validation, ``launch.evaluate``, the face-mask stage and ``launch.analyze`` all decide here, on
+    probabilities resized to the mask's size."""
+    if probabilities.shape[-1] > UNASSESSABLE:
+        return (probabilities[..., 1] > probabilities[..., 0]) & ~unassessable(probabilities)
     return (1.0 - probabilities[..., 0]) > 0.5
 
 

@@ -16,22 +16,28 @@ implausible, or that is too small to hold a face, is a result with ``ratio``
 NaN (undefined, not 0) and the reason in ``flags`` (:data:`RATIO_UNDEFINED`);
 the other photos of the batch are analysed as usual.
 
-Flags (in ``flags``; thresholds in :data:`QUALITY`): ``photo too small`` (a
-side under :data:`MIN_PHOTO_SIDE`), ``no face`` (the face-box network's
-face-presence score below its threshold, or RetinaFace found none),
-``several faces`` (RetinaFace found more than one strong face), ``empty face
-mask``, ``implausible face mask`` (its shape, :func:`face_mask_shape`,
-outside :data:`FACE_MASK_RANGE`), ``face mask touches the photo edge``,
-``underexposed`` / ``overexposed`` (median luminance of the face),
-``specular highlights`` (share of saturated face pixels), ``uncertain lesion
-pixels`` (share of face pixels whose lesion probability is between 0.3 and
-0.7).
+Glare: a glare-aware lesion network (three classes, ``contract.unassessable``)
+marks face pixels it cannot assess (``unassessable_mask``); they leave both
+counts, so ``ratio`` = vitiligo / (face - unassessable) pixels, and their
+share of the face is ``quality['unassessable_share']``.
+
+Flags (in ``flags``): ``photo too small`` (a side under
+:data:`MIN_PHOTO_SIDE`), ``no face`` (the face-box network's face-presence
+score below its threshold, or RetinaFace found none), ``several faces``
+(RetinaFace found more than one strong face), ``empty face mask``,
+``implausible face mask`` (its shape, :func:`face_mask_shape`, outside
+:data:`FACE_MASK_RANGE`), ``no assessable face`` (glare covers all of it),
+``uncertain lesion pixels`` (share of face pixels whose lesion probability
+is between 0.3 and 0.7), and each failed check of the photo quality gate
+(:mod:`vitijax.quality`: exposure, clipping, sharpness, face size, head
+pose, framing, unassessable share), whose full report is ``checks``.
 
 "Needs review" (``review_reasons``, non-empty when the ratio should be looked
-at before it is used): the quality signals in ``quality`` checked against
-:data:`REVIEW_RULE`, or the rule calibrated for a bundle (``launch.evaluate
---calibrate``, ``launch.export --review-rule``). How often each flag and
-"needs review" is right is measured by ``launch.evaluate --bundle``.
+at before it is used): every failed quality check, and the quality signals
+in ``quality`` checked against :data:`REVIEW_RULE`, or the rule calibrated
+for a bundle (``launch.evaluate --calibrate``, ``launch.export
+--review-rule``). How often each flag and "needs review" is right is
+measured by ``launch.evaluate --bundle``.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitijax import face as face_lib
+from vitijax import quality as quality_lib
 from vitijax import tasks
 from vitijax.checkpoint import CheckpointError
-from vitijax.metrics import f_vitiligo, foreground
+from vitijax.metrics import f_vitiligo, foreground, unassessable
 from vitijax.resize import resize_host
 
 # What a face mask's shape must look like before its ratio is trusted (see face_mask_shape).
@@ -56,10 +63,10 @@ FACE_MASK_RANGE = {"face_fill": (0.3, 1.2), "face_in_box": (0.85, 1.0), "face_la
 # face mask that fills more of its box than a face does (it has leaked into hair or background). A bundle
 # exported with --review-rule carries its own.
 REVIEW_RULE: dict[str, tuple[str, float]] = {"saturated_share": (">", 0.053), "face_fill": (">", 0.9089)}
-RATIO_UNDEFINED = ("photo too small", "no face", "empty face mask", "implausible face mask")  # flags: no ratio
+RATIO_UNDEFINED = ("photo too small", "no face", "empty face mask", "implausible face mask",
+                   "no assessable face")  # flags: no ratio
 MIN_PHOTO_SIDE = 32  # pixels: a smaller picture cannot show a face worth measuring
-QUALITY = {"underexposed_median": 40, "overexposed_median": 215, "saturated_level": 250,
-           "specular_share": 0.01, "uncertain_band": (0.3, 0.7), "uncertain_share": 0.10}
+QUALITY = {"saturated_level": 250, "uncertain_band": (0.3, 0.7), "uncertain_share": 0.10}
 
 
 @dataclasses.dataclass
@@ -69,18 +76,21 @@ class PhotoResult:
     height: int
     width: int
     ratio: float = math.nan  # F-Vitiligo in percent; NaN when undefined (no face, empty face mask)
-    face_pixels: int = 0
+    face_pixels: int = 0  # the whole face mask
     vitiligo_pixels: int = 0
+    unassessable_pixels: int = 0  # face pixels a glare-aware network could not assess (out of the ratio)
     face_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1, photo pixels
     box_score: float = math.nan  # RetinaFace's score, or the face-box network's face-presence score
     crop_box: tuple[int, int, int, int] | None = None
     flags: list[str] = dataclasses.field(default_factory=list)
     face_mask: np.ndarray | None = None
     lesion_mask: np.ndarray | None = None
+    unassessable_mask: np.ndarray | None = None  # [h, w] {0, 1}, from a glare-aware lesion network only
     crop: np.ndarray | None = None  # the photo cut to crop_box [crop h, crop w, 3] uint8: cut once, reused by the overlay
     probability: np.ndarray | None = None  # lesion probability [crop h, crop w] float32 (on request)
     uncertainty: np.ndarray | None = None  # TTA std of the lesion probability [crop h, crop w] (with TTA)
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
+    checks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the quality gate's report
     review_reasons: list[str] = dataclasses.field(default_factory=list)  # why the ratio needs a look; [] = trusted
 
     @property
@@ -91,9 +101,11 @@ class PhotoResult:
         """The scalar fields, for tables and JSON."""
         return {"ratio": self.ratio, "needs_review": self.needs_review, "review_reasons": list(self.review_reasons),
                 "face_pixels": self.face_pixels, "vitiligo_pixels": self.vitiligo_pixels,
+                "unassessable_pixels": self.unassessable_pixels,
                 "face_box": None if self.face_box is None else [round(v, 1) for v in self.face_box],
                 "box_score": self.box_score, "crop_box": self.crop_box, "flags": list(self.flags),
-                "height": self.height, "width": self.width, **self.quality}
+                "height": self.height, "width": self.width, **self.quality,
+                "checks": {k: dict(v) for k, v in self.checks.items()}}
 
 
 def review_reasons(quality: dict[str, float], rule: dict[str, tuple[str, float]] | None = None) -> list[str]:
@@ -200,11 +212,12 @@ class Analyzer:
         return det
 
     def faces(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None,
-              boxes: Sequence[tuple[float, float, float, float]] | None = None
+              boxes: Sequence[tuple[float, float, float, float]] | None = None,
+              views: Sequence[str | None] | None = None
               ) -> tuple[list[PhotoResult], list[tuple[int, face_lib.Box, np.ndarray, np.ndarray]]]:
-        """The face stages of :meth:`__call__`: (a result per photo, with its face box, crop box, flags and
-        face-mask shape, and (index, crop box, crop [ch, cw, 3], face mask [ch, cw] {0, 1}) of each photo
-        whose face mask is usable)."""
+        """The face stages of :meth:`__call__`: (a result per photo, with its face box, crop box, flags,
+        face size and pose and face-mask shape, and (index, crop box, crop [ch, cw, 3], face mask [ch, cw]
+        {0, 1}) of each photo whose face mask is usable)."""
         results = [PhotoResult(p.shape[0], p.shape[1]) for p in photos]
         todo = []  # (index, detection, crop box)
         for i, (photo, res) in enumerate(zip(photos, results)):
@@ -214,6 +227,13 @@ class Analyzer:
             else:
                 det = self.find_face(photo, res)
             if det is not None:
+                res.quality["face_width_px"] = float(det.box[2] - det.box[0])
+                if det.landmarks is not None:  # RetinaFace's; the face-box network gives none
+                    yaw = quality_lib.head_yaw(det.landmarks, photo.shape[:2])
+                    res.quality["yaw_deg"] = yaw
+                    view = views[i] if views is not None else None
+                    if view in quality_lib.EXPECTED_YAW_DEG and math.isfinite(yaw):
+                        res.quality["yaw_error_deg"] = abs(yaw - quality_lib.EXPECTED_YAW_DEG[view])
                 res.crop_box = face_lib.crop_box(face_lib.int_box(det.box), self.margin)
                 todo.append((i, det, res.crop_box))
         if not todo:
@@ -239,11 +259,13 @@ class Analyzer:
         return results, usable
 
     def __call__(self, photos: Sequence[np.ndarray], truths: Sequence[np.ndarray | None] | None = None,
-                 boxes: Sequence[tuple[float, float, float, float]] | None = None) -> list[PhotoResult]:
+                 boxes: Sequence[tuple[float, float, float, float]] | None = None,
+                 views: Sequence[str | None] | None = None) -> list[PhotoResult]:
         """Analyses a batch of RGB uint8 photos [h, w, 3]; ``truths``: annotated face masks, for the
         ``ground_truth`` face-mask source; ``boxes``: given face boxes (x0, y0, x1, y1, photo pixels)
-        instead of the face finder's (the chain evaluator's "lesion only" reference)."""
-        results, lesion_in = self.faces(photos, truths, boxes)
+        instead of the face finder's (the chain evaluator's "lesion only" reference); ``views``: each
+        photo's view (left, front, right), against which its head pose is checked."""
+        results, lesion_in = self.faces(photos, truths, boxes, views)
         if not lesion_in:
             return results
         probs = self.lesion.probabilities([c for _, _, c, _ in lesion_in], [f for _, _, _, f in lesion_in],
@@ -253,47 +275,60 @@ class Analyzer:
         return results
 
     def _finish(self, res: PhotoResult, photo_hw, box, crop, face, probs, std) -> None:
-        """Full-resolution masks, counts, ratio and quality flags of one photo from its crop's outputs."""
+        """Full-resolution masks, counts, ratio, quality signals and checks of one photo from its crop's
+        outputs (class probabilities [h', w', classes] at the network's output resolution)."""
         hw = crop.shape[:2]
-        # every non-background class is lesion; the decision is metrics.foreground's, on this one channel
-        p_lesion = resize_host(1.0 - probs[..., 0], hw)
-        lesion = (foreground(np.stack([1.0 - p_lesion], -1)) & (face > 0)).astype(np.uint8)
+        on_face = face > 0
+        if probs.shape[-1] > 2:  # glare-aware: every class at the crop's size (the one decision needs all)
+            full = resize_host(probs, hw)
+            p_lesion = full[..., 1]
+            glare = unassessable(full) & on_face
+            lesion = foreground(full) & on_face
+            del full
+        else:  # the lesion probability alone, one channel at full resolution; the decision is foreground's
+            p_lesion = resize_host(1.0 - probs[..., 0], hw)
+            glare = None
+            lesion = foreground(np.stack([1.0 - p_lesion], -1)) & on_face
         res.crop = crop
         res.face_mask = face_lib.paste_back(face, box, photo_hw)
-        res.lesion_mask = face_lib.paste_back(lesion, box, photo_hw)
+        res.lesion_mask = face_lib.paste_back(lesion.astype(np.uint8), box, photo_hw)
         res.face_pixels = int(res.face_mask.sum())
         res.vitiligo_pixels = int(res.lesion_mask.sum())
-        res.ratio = f_vitiligo(res.vitiligo_pixels, res.face_pixels)
+        if glare is not None:
+            res.unassessable_mask = face_lib.paste_back(glare.astype(np.uint8), box, photo_hw)
+            res.unassessable_pixels = int(res.unassessable_mask.sum())
+        assessable = res.face_pixels - res.unassessable_pixels
+        res.ratio = f_vitiligo(res.vitiligo_pixels, assessable)
         if self.keep_probability:
-            res.probability = np.where(face > 0, p_lesion, 0).astype(np.float32)
+            res.probability = np.where(on_face, p_lesion, 0).astype(np.float32)
         if std is not None:
-            res.uncertainty = np.where(face > 0, resize_host(std, hw), 0).astype(np.float32)
+            res.uncertainty = np.where(on_face, resize_host(std, hw), 0).astype(np.float32)
         # Quality, measured on the face only.
-        on_face = face > 0
-        pixels = crop[on_face].astype(np.float32)
-        luminance = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+        pixels = crop[on_face]
         lo, hi = QUALITY["uncertain_band"]
         p_face = p_lesion[on_face]
-        q = {"face_median_luminance": float(np.median(luminance)),
+        q = {"face_median_luminance": float(np.median(quality_lib.luma(pixels))),
              "saturated_share": float((pixels.max(axis=1) >= QUALITY["saturated_level"]).mean()),
              "uncertain_share": float(((p_face > lo) & (p_face < hi)).mean()),
              # how far the ratio would move if the decision threshold moved from 0.5 to 0.25 or 0.75: pixels
              # the network is unsure of, in percentage points of the face
-             "ratio_band_pp": float(100.0 * ((p_face > 0.25) & (p_face <= 0.75)).mean())}
+             "ratio_band_pp": float(100.0 * ((p_face > 0.25) & (p_face <= 0.75)).mean()),
+             "sharpness": quality_lib.sharpness(crop, face)}
+        if glare is not None:
+            q["unassessable_share"] = res.unassessable_pixels / res.face_pixels
         if std is not None:
             q["mean_uncertainty"] = float(res.uncertainty[on_face].mean())
-        res.quality.update(q)
-        if q["face_median_luminance"] < QUALITY["underexposed_median"]:
-            res.flags.append("underexposed")
-        if q["face_median_luminance"] > QUALITY["overexposed_median"]:
-            res.flags.append("overexposed")
-        if q["saturated_share"] > QUALITY["specular_share"]:
-            res.flags.append("specular highlights")
-        if q["uncertain_share"] > QUALITY["uncertain_share"]:
-            res.flags.append("uncertain lesion pixels")
-        res.review_reasons = review_reasons(res.quality, self.review_rule)
         h, w = photo_hw
         fy, fx = np.nonzero(face)
-        if fy.size and (box[0] + fx.min() <= 0 or box[1] + fy.min() <= 0 or box[0] + fx.max() >= w - 1
-                        or box[1] + fy.max() >= h - 1):
-            res.flags.append("face mask touches the photo edge")
+        q["edge_touch"] = float(bool(fy.size) and (box[0] + fx.min() <= 0 or box[1] + fy.min() <= 0
+                                                  or box[0] + fx.max() >= w - 1 or box[1] + fy.max() >= h - 1))
+        res.quality.update(q)
+        if q["uncertain_share"] > QUALITY["uncertain_share"]:
+            res.flags.append("uncertain lesion pixels")
+        res.checks = quality_lib.run_checks(res.quality)
+        failed = quality_lib.failed(res.checks)
+        res.flags += failed
+        res.review_reasons = ([quality_lib.reason(f, res.checks) for f in failed]
+                              + review_reasons(res.quality, self.review_rule))
+        if assessable <= 0:
+            res.flags.append("no assessable face")

@@ -68,7 +68,7 @@ TOP_KEYS = ("task", "seed", "model", "data", "input", "augment", "loss", "optimi
             "num_devices", "compilation_cache_dir", "distributed")
 DATA_KEYS = ("source", "name", "config", "data_dir", "manual_dir", "build_if_missing", "train_split", "eval_split",
              "test_split", "unlabelled_split", "unlabelled_ratio", "seed", "patients", "labelled_patients", "visits",
-             "photo_size", "val_fraction", "test_fraction")
+             "photo_size", "val_fraction", "test_fraction", "glare")
 OPTIMIZER_KEYS = ("lr", "weight_decay", "b1", "b2", "eps", "schedule", "warmup_steps", "poly_power", "end_lr_factor",
                   "grad_clip_norm", "weight_decay_on")
 
@@ -107,7 +107,13 @@ def configure(config):
             raise ValueError(f"config.{block}: the {task.NAME} task needs {', '.join(missing)} (see "
                              f"launch/configs/semi.py)")
     aug = Augment(**config.augment)  # Augment makes scale_range a tuple
-    return task, task.contract(config.input), aug
+    contract = task.contract(config.input)
+    classes = int(config.model.get("num_classes", 2))
+    if contract.unassessable != (classes == 3) and task.NAME.startswith("lesion"):
+        raise ValueError(f"config.input.unassessable={contract.unassessable} with config.model.num_classes={classes}: "
+                         "a lesion network with the unassessable (glare) class has 3 classes (skin, vitiligo, "
+                         "unassessable), one without it 2")
+    return task, contract, aug
 
 
 # ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
                   unlabelled_split=placeholder(str), unlabelled_ratio=1,
                   # only for source="memory": the synthetic generator rendered in-process
                   seed=0, patients=10, labelled_patients=placeholder(int), visits=2, photo_size=(192, 128),
-                  val_fraction=0.2, test_fraction=0.2)
+                  val_fraction=0.2, test_fraction=0.2, glare=placeholder(tuple))
     # The input contract (vitijax/contract.py): the face crop (face box + `margin` of its larger side on every
     # side, square) x face mask, resized to `size` (multiples of 8), ImageNet mean/std.
     c.input = dict(size=(256, 256), margin=CROP_MARGIN, mask_input=True, worker_count=0)

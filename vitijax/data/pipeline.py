@@ -95,7 +95,8 @@ def random_affine(hw: tuple[int, int], size: tuple[int, int], aug: Augment, rng:
 def crop_example(example: dict, contract: InputContract, aug: Augment | None = None,
                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """An example's face crop -> {'image': float32 [h, w, 3] network input, 'face' and 'lesion': uint8
-    [h, w] masks at the input size, 'view': after any flip}. Without ``rng`` this is
+    [h, w] masks at the input size, 'view': after any flip; 'unassessable' [h, w] uint8 too when the
+    example stores an unassessable (glare) mask}. Without ``rng`` this is
     :func:`vitijax.inputs.crop_input` exactly (what inference feeds); with it, augmented by ``aug``."""
     image = np.asarray(example["image"], np.uint8)
     face = _mask2d(example["face_mask"]).astype(np.uint8)
@@ -114,8 +115,12 @@ def crop_example(example: dict, contract: InputContract, aug: Augment | None = N
     x = img.astype(np.float32) if rng is None else photometric(img, aug, rng)
     if contract.mask_input:
         x = x * face_r[..., None]
-    return {"image": inputs.normalise(x, contract), "face": face_r, "lesion": lesion_r,
-            "view": FLIPPED_VIEW.get(view, view) if flip else view}
+    out = {"image": inputs.normalise(x, contract), "face": face_r, "lesion": lesion_r,
+           "view": FLIPPED_VIEW.get(view, view) if flip else view}
+    if example.get("unassessable_mask") is not None:
+        glare = _mask2d(example["unassessable_mask"]).astype(np.uint8)
+        out["unassessable"] = inputs.warp(glare, coeffs, size, Image.Resampling.NEAREST)
+    return out
 
 
 def photo_and_box(example: dict) -> tuple[np.ndarray, np.ndarray]:

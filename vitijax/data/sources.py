@@ -63,6 +63,8 @@ def _memory_splits(data_cfg, splits, margin):
     by_split = fraction_split(ids, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction, seed=seed)
     if data_cfg.get("labelled_patients"):  # the other training patients' photos become the unlabelled split
         by_split = withhold_labels(by_split, int(data_cfg.labelled_patients), seed=seed)
+    glare = data_cfg.get("glare")
+    acquisition = None if glare is None else synthetic.Acquisition(glare=tuple(glare))
     out = {}
     for name in splits:
         if name not in by_split:
@@ -72,9 +74,10 @@ def _memory_splits(data_cfg, splits, margin):
             patient = synthetic.make_patient(seed, ids.index(pid))
             for visit in range(int(data_cfg.visits)):
                 for view in synthetic.VIEWS:
-                    s = synthetic.render(patient, visit, view, tuple(data_cfg.photo_size))
+                    s = synthetic.render(patient, visit, view, tuple(data_cfg.photo_size), acquisition)
                     lesion = s.vitiligo_mask if name != "unlabelled" else np.zeros_like(s.vitiligo_mask)  # withheld
                     examples.append(make_example(s.image, s.face_mask, lesion, patient=s.patient_id,
-                                                 visit=visit, view=view, face_box=s.face_box, margin=margin))
+                                                 visit=visit, view=view, face_box=s.face_box, margin=margin,
+                                                 unassessable_mask=s.unassessable_mask))
         out[name] = examples
     return out

@@ -38,6 +38,11 @@ Ground truth definitions (also in BUILD.md):
   * face box: the bounding box of the face mask, (x0, y0, x1, y1), x1/y1
     exclusive, in photo pixels.
   * ratio: F-Vitiligo = 100 * vitiligo pixels / face pixels.
+  * unassessable mask: face pixels where specular reflection (glare) makes at
+    least half of the pixel's light (:data:`GLARE_LEVEL`): whether the skin
+    beneath is pigmented can no longer be judged. Lesions under glare stay in
+    the vitiligo mask (they are there); a glare-aware analysis leaves these
+    pixels out of both counts (:mod:`vitijax.pipeline`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ VIEWS = ("left", "front", "right")
 VIEW_YAW = {"left": 0.62, "front": 0.0, "right": -0.62}
 SUBTYPES = ("centrofacial", "panfacial", "hairline", "mixed")
 PAPER_SIZE = (4240, 2832)  # (height, width): the paper's portrait photographs
+GLARE_LEVEL = 0.5  # specular share of a pixel's light from which it is unassessable (the truth's definition)
 
 # Canonical facial landmarks as (azimuth, elevation) on the unit sphere, radians.
 # Positive azimuth is the patient's left, which appears on the image's right in the front view.
@@ -105,8 +111,9 @@ class Patient:
 class SyntheticImage:
     """One rendered photograph and its exact ground truth.
 
-    image: [h, w, 3] uint8 RGB. face_mask, vitiligo_mask: [h, w] uint8 {0, 1}.
-    face_box: (x0, y0, x1, y1) photo pixels, exclusive ends. ratio: percent.
+    image: [h, w, 3] uint8 RGB. face_mask, vitiligo_mask, unassessable_mask: [h, w] uint8 {0, 1}.
+    face_box: (x0, y0, x1, y1) photo pixels, exclusive ends. ratio: percent (the whole face, glare or
+    not). glare: the photo's glare gain (1 = the patient's own highlights, :class:`Acquisition`).
     """
 
     image: np.ndarray
@@ -118,6 +125,8 @@ class SyntheticImage:
     visit: int
     view: str
     subtype: str
+    unassessable_mask: np.ndarray | None = None
+    glare: float = 1.0
 
 
 def _rng(*keys) -> np.random.Generator:
@@ -231,9 +240,14 @@ class Acquisition:
     blur: tuple[float, float] = (1.0, 1.0)  # times the standard optical blur
     noise: tuple[float, float] = (2.0, 5.0)  # standard deviation of the sensor noise, grey levels
     tone: float = 0.0  # per-channel gain, +-
+    glare: tuple[float, float] = (1.0, 1.0)  # gain on the patient's specular highlights (0: none; 3: strong)
+    yaw: tuple[float, float] = (0.0, 0.0)  # head turned this much off the view's yaw, radians
 
 
 VARIED = Acquisition(exposure=(0.5, 1.6), blur=(1.0, 5.0), noise=(2.0, 15.0), tone=0.15)
+# Glare from none to strong: the gain brightens and spreads the highlights (forehead, nose, cheeks; over
+# skin and lesions alike) and, with exposure, saturates them.
+GLARE = Acquisition(glare=(0.0, 3.0))
 
 
 def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384, 256),
@@ -252,10 +266,17 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     image = np.empty((h, w, 3), np.float32)
     face = np.empty((h, w), np.uint8)
     vitiligo = np.empty((h, w), np.uint8)
+    glare_px = np.empty((h, w), np.uint8)
+    # Glare gain and head turn have their own draws, so the camera draws of every bundled data set stay.
+    gain, yaw = 1.0, 0.0
+    if acquisition is not None:
+        rg = _rng("glare", patient.seed, patient.patient_id, visit, view)
+        gain, yaw = float(rg.uniform(*acquisition.glare)), float(rg.uniform(*acquisition.yaw))
     band = max(1, (1 << 20) // w)
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)
-        image[y0:y1], face[y0:y1], vitiligo[y0:y1] = _render_rows(patient, visit, view, size, y0, y1)
+        image[y0:y1], face[y0:y1], vitiligo[y0:y1], glare_px[y0:y1] = _render_rows(
+            patient, visit, view, size, y0, y1, glare=gain, yaw=yaw)
     # Optics and sensor: a little blur (scaled to resolution), exposure and noise.
     r = _rng("camera", patient.seed, patient.patient_id, visit, view)
     sigma = max(0.5, 0.0012 * h)
@@ -274,17 +295,18 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
     n_face = int(face.sum())
     ratio = 100.0 * float(vitiligo.sum()) / n_face if n_face else float("nan")
-    return SyntheticImage(image, face, vitiligo, box, ratio, patient.patient_id, visit, view, patient.subtype)
+    return SyntheticImage(image, face, vitiligo, box, ratio, patient.patient_id, visit, view, patient.subtype,
+                          unassessable_mask=glare_px & face, glare=gain)
 
 
-def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int):
+def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glare: float = 1.0, yaw: float = 0.0):
     h, w = size
     yy, xx = np.mgrid[y0:y1, 0:w].astype(np.float32)
     # Normalised camera coordinates: units of photo height, y up.
     X = (xx + 0.5 - p.head_center[0] * w) / h
     Y = -(yy + 0.5 - p.head_center[1] * h) / h
     A, B, C = p.head_axes
-    t = VIEW_YAW[view]
+    t = VIEW_YAW[view] + yaw
     ct, st = math.cos(t), math.sin(t)
     # Ray (X, Y, Z) against the ellipsoid rotated by yaw t; take the root nearest the camera (+Z).
     qa = st**2 / A**2 + ct**2 / C**2
@@ -381,22 +403,28 @@ def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int):
     mouth = (np.abs(el - _MOUTH[1]) < 0.008) & (np.abs(az) < 0.17) & face_region
     img[mouth] = img[mouth] * 0.4
     # Specular highlights: forehead, nose tip, cheeks; view-dependent through the normal.
+    # A glare gain above 1 also spreads each spot (an oily face under a close lamp), 2.2 times wider at 3.
     spec = np.zeros(X.shape, np.float32)
+    spread = 1.0 + 0.6 * max(glare - 1.0, 0.0)
     for (sa, se), sz in (((0.0, 0.45), 0.12), ((0.0, -0.2), 0.06), ((0.45, -0.12), 0.09), ((-0.45, -0.12), 0.09)):
         jitter = rc.normal(0, 0.03, 2)
+        sz *= spread
         spec += rc.uniform(0.3, 1.0) * np.exp(-_ellipse(az, el, (sa + jitter[0], se + jitter[1]), (sz, sz * 0.7)))
     spec *= p.highlight * facing**6 * on_head
-    img = img + (np.asarray([235, 238, 255], np.float32) - img) * np.clip(spec, 0, 0.95)[..., None]
+    if glare != 1.0:  # the standard photo's arithmetic untouched
+        spec *= glare
+    spec = np.clip(spec, 0, 0.95)
+    img = img + (np.asarray([235, 238, 255], np.float32) - img) * spec[..., None]
 
     vitiligo = label & face & ~brows
-    return img, face.astype(np.uint8), vitiligo.astype(np.uint8)
+    return img, face.astype(np.uint8), vitiligo.astype(np.uint8), (spec >= GLARE_LEVEL).astype(np.uint8)
 
 
 def generate(seed: int, num_patients: int, visits: int = 3, size: tuple[int, int] = (384, 256),
-             views: tuple[str, ...] = VIEWS) -> Iterator[SyntheticImage]:
+             views: tuple[str, ...] = VIEWS, acquisition: Acquisition | None = None) -> Iterator[SyntheticImage]:
     """Every (patient, visit, view) of a synthetic data set, in that order."""
     for index in range(num_patients):
         patient = make_patient(seed, index)
         for visit in range(visits):
             for view in views:
-                yield render(patient, visit, view, size)
+                yield render(patient, visit, view, size, acquisition)

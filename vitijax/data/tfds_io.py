@@ -80,12 +80,14 @@ class QuietBuilder:
         pass  # launch.build_dataset says what was built
 
 
-def features():
-    """The FeaturesDict both builders store (images as lossless PNG)."""
+def features(unassessable: bool = False):
+    """The FeaturesDict both builders store (images as lossless PNG); with ``unassessable``, also the
+    crop's unassessable (glare) mask, which the synthetic builder knows."""
     import tensorflow_datasets as tfds
 
     img = lambda c: tfds.features.Image(shape=(None, None, c), encoding_format="png")  # noqa: E731
-    return tfds.features.FeaturesDict({
+    extra = {"unassessable_mask": img(1)} if unassessable else {}  # {0, 1}, inside the face only
+    return tfds.features.FeaturesDict({**extra,
         "image": img(3),  # the face crop, unmasked
         "face_mask": img(1),  # {0, 1}
         "vitiligo_mask": img(1),  # {0, 1}, inside the face only
@@ -107,8 +109,9 @@ def features():
 def encode(example: dict[str, Any]) -> dict[str, Any]:
     """An example of :func:`vitijax.data.records.make_example`, ready for the builder to yield."""
     out = dict(example)
-    for k in ("image", "face_mask", "vitiligo_mask", "photo"):
-        out[k] = encode_png(example[k])
+    for k in ("image", "face_mask", "vitiligo_mask", "photo", "unassessable_mask"):
+        if k in example:
+            out[k] = encode_png(example[k])
     return out
 
 

@@ -5,7 +5,9 @@ Layout of ``OUT``::
     results.csv, results.json  one row per photo (ratio, change from the first visit, flags, files)
     photos/<patient>/v<visit>_<view>/
         face_mask.png, lesion_mask.png   full resolution, 0 / 255
-        overlay.jpg                      the face crop: face outline yellow, lesions green
+        unassessable_mask.png            from a glare-aware lesion network: where glare hides the skin
+        overlay.jpg                      the face crop: face outline yellow, lesions green, unassessable
+                                         (glare) hatched magenta
         probability.png, uncertainty.png on request / with test-time augmentation (crop-sized, 0-255)
     patients/<patient>/report.html, timeline.png, before_after.png
 
@@ -39,7 +41,7 @@ from PIL import Image
 from vitijax import face as face_lib
 from vitijax.data.io import downscale, write_png
 from vitijax.report.figures import VIEW_ORDER, plt
-from vitijax.report.overlay import GREEN, YELLOW, fit_height, grid, outlines
+from vitijax.report.overlay import GREEN, MAGENTA, YELLOW, fit_height, grid, outlines
 
 COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "needs_review", "review_reasons",
            "change_pp", "repigmentation_pct", "repigmentation_note", "face_pixels", "vitiligo_pixels", "face_box", "box_score", "flags", "face_median_luminance",
@@ -67,21 +69,29 @@ def photo_dir(out: str, patient: str, visit: int, view: str) -> str:
 
 
 def overlay(photo: np.ndarray, result, max_side: int = 1024) -> np.ndarray:
-    """The face crop [<= max_side] with lesions tinted green and outlined, and the face outline in yellow."""
+    """The face crop [<= max_side] with lesions tinted green and outlined, the face outline in yellow and
+    the unassessable region (glare-aware networks) hatched and outlined in magenta."""
     box = result.crop_box
     crop = result.crop if result.crop is not None else face_lib.crop(photo, box)  # the chain's own cut
-    face = face_lib.crop(result.face_mask, box)
-    lesion = face_lib.crop(result.lesion_mask, box)
+    masks = [face_lib.crop(m, box) for m in (result.face_mask, result.lesion_mask)]
+    if result.unassessable_mask is not None:
+        masks.append(face_lib.crop(result.unassessable_mask, box))
     scale = min(1.0, max_side / max(crop.shape[:2]))
     if scale < 1.0:
         size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
         crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
-        face = np.asarray(Image.fromarray(face).resize(size, Image.Resampling.NEAREST))
-        lesion = np.asarray(Image.fromarray(lesion).resize(size, Image.Resampling.NEAREST))
+        masks = [np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]
+    face, lesion = masks[:2]
     tinted = crop.astype(np.float32)
     sel = lesion > 0
     tinted[sel] = 0.6 * tinted[sel] + 0.4 * np.asarray(GREEN, np.float32)
-    return outlines(tinted.astype(np.uint8), [(face, YELLOW), (lesion, GREEN)])
+    lines = [(face, YELLOW), (lesion, GREEN)]
+    if len(masks) > 2:
+        yy, xx = np.indices(crop.shape[:2])
+        hatch = (masks[2] > 0) & (((yy + xx) // 3) % 4 == 0)  # diagonal stripes: the photo stays visible
+        tinted[hatch] = np.asarray(MAGENTA, np.float32)
+        lines.append((masks[2], MAGENTA))
+    return outlines(tinted.astype(np.uint8), lines)
 
 
 def write_photo(out: str, inp, photo: np.ndarray, result) -> dict[str, str]:
@@ -92,6 +102,9 @@ def write_photo(out: str, inp, photo: np.ndarray, result) -> dict[str, str]:
     if result.face_mask is not None:
         write_png(os.path.join(d, "face_mask.png"), result.face_mask * 255)
         write_png(os.path.join(d, "lesion_mask.png"), result.lesion_mask * 255)
+        if result.unassessable_mask is not None:
+            write_png(os.path.join(d, "unassessable_mask.png"), result.unassessable_mask * 255)
+            files["unassessable_mask"] = "unassessable_mask.png"
         Image.fromarray(overlay(photo, result)).save(os.path.join(d, "overlay.jpg"), quality=90)
         files.update(face_mask="face_mask.png", lesion_mask="lesion_mask.png", overlay="overlay.jpg")
     else:  # no face or an empty face mask: show what was seen, with the face box if there was one

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 GREEN, RED, BLUE, YELLOW = (40, 220, 40), (235, 40, 40), (40, 110, 255), (250, 210, 40)
+MAGENTA = (230, 40, 230)  # what cannot be assessed (glare)
 
 
 def _border(mask: np.ndarray, width: int) -> np.ndarray:

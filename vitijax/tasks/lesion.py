@@ -3,7 +3,10 @@
     python -m launch.train --config launch/configs/synthetic.py --workdir runs/synthetic
 
 Input: the square face crop, multiplied by the face mask (the paper's masked
-crop; ``input.mask_input``), ImageNet-normalised. Label: the vitiligo mask.
+crop; ``input.mask_input``), ImageNet-normalised. Label: the vitiligo mask;
+with ``input.unassessable`` (and ``model.num_classes = 3``), class 2 where the
+data set's unassessable (glare) mask says the skin cannot be judged
+(launch/configs/glare.py).
 Loss: OHEM cross-entropy on the main head + ``aux_weight`` x on the auxiliary
 head. Scored inside the face mask (the region of F-Vitiligo); the best model
 is the one with the highest validation Dice.
@@ -21,20 +24,28 @@ from vitijax.tasks.segmentation import (AUGMENT_KEYS, DEVICE_KEYS, HOST_KEYS, LO
 from vitijax.tasks.segmentation import evaluate_task, segmentation_row, summarize_rows
 
 NAME = "lesion"
-INPUT_KEYS = ("size", "margin", "mask_input")
+INPUT_KEYS = ("size", "margin", "mask_input", "unassessable")
 REPORT = {"class": "lesion", "region": "inside the face mask", "ratio": True, "paper_table": True}
 
 
 def contract(input_cfg) -> InputContract:
     return InputContract(size=tuple(input_cfg["size"]), source="crop", margin=float(input_cfg.get("margin", CROP_MARGIN)),
-                         mask_input=bool(input_cfg.get("mask_input", True)), normalisation="imagenet")
+                         mask_input=bool(input_cfg.get("mask_input", True)), normalisation="imagenet",
+                         unassessable=bool(input_cfg.get("unassessable", False)))
 
 
 def prepare(example: dict, contract: InputContract, aug=None, rng=None) -> dict[str, Any]:
-    """{'image' [h, w, 3] float32, 'label' [h, w] int32 (vitiligo), 'face' [h, w] uint8 (the region
-    scored: the face mask), 'view'}."""
+    """{'image' [h, w, 3] float32, 'label' [h, w] int32 (vitiligo 1; with ``contract.unassessable``,
+    unassessable face pixels 2), 'face' [h, w] uint8 (the region scored: the face mask), 'view'}."""
     out = crop_example(example, contract, aug, rng)
-    return {"image": out["image"], "label": out["lesion"].astype("int32"), "face": out["face"], "view": out["view"]}
+    label = out["lesion"].astype("int32")
+    if contract.unassessable:
+        if "unassessable" not in out:
+            raise ValueError(f"{example.get('source_file') or 'an example'} of {example.get('patient', '?')}: no "
+                             "unassessable (glare) mask, which a network with input.unassessable learns from (the "
+                             "synthetic data sets store one; a folder data set does not)")
+        label[(out["unassessable"] > 0) & (out["face"] > 0)] = 2
+    return {"image": out["image"], "label": label, "face": out["face"], "view": out["view"]}
 
 
 def rows(index, out, ids) -> dict[str, Any]:

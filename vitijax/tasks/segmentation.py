@@ -75,13 +75,27 @@ def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> di
     main = out[0] if isinstance(out, tuple) else out
     probs = resize_bilinear(jax.nn.softmax(main.astype(jnp.float32), axis=-1), batch["label"].shape[1:3])
     pred = metrics.foreground(probs)
-    return {"face": metrics.confusion_counts(pred, batch["label"], batch["face"]),
-            "crop": metrics.confusion_counts(pred, batch["label"]), "pred": pred.astype(jnp.uint8),
-            "valid": batch["valid"], "index": batch["index"]}
+    label, region = batch["label"], batch["face"]
+    extra = {}
+    if probs.shape[-1] > metrics.UNASSESSABLE:
+        # A glare-aware network: lesions are scored where both the truth and the network call the skin
+        # assessable; the unassessable class is scored against the truth inside the face.
+        un_pred, un_true = metrics.unassessable(probs), label == metrics.UNASSESSABLE
+        extra["unassessable"] = metrics.confusion_counts(un_pred, un_true.astype(label.dtype), region)
+        label = jnp.where(un_true, 255, label)
+        region = region * (~un_pred).astype(region.dtype)
+    return {"face": metrics.confusion_counts(pred, label, region),
+            "crop": metrics.confusion_counts(pred, label), "pred": pred.astype(jnp.uint8),
+            "valid": batch["valid"], "index": batch["index"], **extra}
 
 
 def segmentation_row(index, out, ids) -> dict[str, Any]:
-    return image_row(index, ids, out["face"], out["crop"])
+    row = image_row(index, ids, out["face"], out["crop"])
+    if "unassessable" in out:  # shares of the face, percent: predicted and true
+        tp, fp, fn, tn = (int(v) for v in out["unassessable"])
+        n = max(tp + fp + fn + tn, 1)
+        row["unassessable_pred_pct"], row["unassessable_true_pct"] = 100 * (tp + fp) / n, 100 * (tp + fn) / n
+    return row
 
 
 def summarize_rows(rows, meta=None) -> tuple[dict[str, float], dict[str, Any]]:
@@ -91,6 +105,9 @@ def summarize_rows(rows, meta=None) -> tuple[dict[str, float], dict[str, Any]]:
     s = summarize(rows)
     flat = {**s["face"]["pooled"], **{f"crop_{k}": v for k, v in s["crop"]["pooled"].items()},
             "ratio_mae": s["ratio"]["mae"], "images": s["images"]}
+    if "unassessable_pred_pct" in rows[0]:  # a glare-aware network: how far its unassessable share is off
+        err = [abs(r["unassessable_pred_pct"] - r["unassessable_true_pct"]) for r in rows]
+        flat["unassessable_share_mae"] = s["unassessable_share_mae_pp"] = float(np.mean(err))
     return flat, s
 
 

@@ -8,8 +8,10 @@ Configs: ``tiny`` (tests), ``small`` (the CPU main job), ``medium``, ``paper``
 (the paper's 87 patients at 2832x4240: slow, several GB), and for
 semi-supervised training ``semi`` (6 labelled training patients, 40 in an
 ``unlabelled`` split whose lesion masks no run reads) and ``semi_full`` (the
-same 46 all labelled, the same held-out patients). Splits are by patient:
-train / validation / test (/ unlabelled).
+same 46 all labelled, the same held-out patients), and ``glare`` (every photo
+with a glare gain drawn from none to strong, ``synthetic.GLARE``). Every
+config stores the unassessable (glare) truth beside the masks. Splits are by
+patient: train / validation / test (/ unlabelled).
 """
 
 from __future__ import annotations
@@ -36,15 +38,17 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     labelled_patients: int | None = None  # keep the labels of this many training patients; the rest: "unlabelled"
+    glare: tuple[float, float] | None = None  # a glare gain per photo drawn from this range (synthetic.Acquisition)
 
 
 class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
     """Synthetic UV photographs: face crops, face and vitiligo masks, exact ratios."""
 
     name = "synthetic_uv_vitiligo"
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Adds the whole photo (long side <= 1024).",
-                     "1.2.0": "Records the crop margin and the face-mask source; another margin is another config."}
+                     "1.2.0": "Records the crop margin and the face-mask source; another margin is another config.",
+                     "1.3.0": "Stores the unassessable (glare) truth; adds the glare config."}
     BUILDER_CONFIGS = [
         SyntheticConfig(name="tiny", description="6 patients x 2 visits x 3 views at 192x128 (tests)",
                         photo_size=(192, 128), patients=6, visits=2, val_fraction=0.2, test_fraction=0.2),
@@ -59,10 +63,12 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
                         val_fraction=5 / 56, test_fraction=5 / 56, labelled_patients=6),
         SyntheticConfig(name="semi_full", description="semi with all 46 training patients labelled (the ceiling)",
                         photo_size=(384, 256), patients=56, visits=2, val_fraction=5 / 56, test_fraction=5 / 56),
+        SyntheticConfig(name="glare", description="40 patients x 2 visits x 3 views at 384x256, glare gain 0-3 per "
+                        "photo (none to strong)", photo_size=(384, 256), patients=40, visits=2, glare=(0.0, 3.0)),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(features=tfds_io.features(), supervised_keys=None,
+        return self.dataset_info_from_configs(features=tfds_io.features(unassessable=True), supervised_keys=None,
                                               metadata=tfds_io.info_metadata(self.builder_config, "synthetic truth"))
 
     def _split_generators(self, dl_manager):
@@ -78,13 +84,15 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, patient_indices, labelled: bool = True):
         """The photos of these patients; unlabelled ones are stored with an empty lesion mask (withheld)."""
         c = self.builder_config
+        acquisition = None if c.glare is None else synthetic.Acquisition(glare=tuple(c.glare))
         for i in patient_indices:
             patient = synthetic.make_patient(c.seed, i)
             for visit in range(c.visits):
                 for view in synthetic.VIEWS:
-                    s = synthetic.render(patient, visit, view, c.photo_size)
+                    s = synthetic.render(patient, visit, view, c.photo_size, acquisition)
                     lesion = s.vitiligo_mask if labelled else np.zeros_like(s.vitiligo_mask)
                     ex = make_example(s.image, s.face_mask, lesion, patient=s.patient_id, visit=visit,
                                       view=view, source_file=f"synthetic:{c.name}:seed{c.seed}",
-                                      face_box=s.face_box, max_side=c.max_side, margin=c.crop_margin)
+                                      face_box=s.face_box, max_side=c.max_side, margin=c.crop_margin,
+                                      unassessable_mask=s.unassessable_mask)
                     yield f"{s.patient_id}_v{visit}_{view}", tfds_io.encode(ex)

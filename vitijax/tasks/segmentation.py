@@ -114,7 +114,9 @@ def summarize_rows(rows, meta=None) -> tuple[dict[str, float], dict[str, Any]]:
 def summary_line(title: str, s: Mapping[str, float]) -> str:
     return (f"{title}: Dice {100 * s['dice']:.2f}  IoU {100 * s['iou']:.2f}  mIoU {100 * s['miou']:.2f}  "
             f"precision {100 * s['precision']:.2f}  recall {100 * s['recall']:.2f}  "
-            f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  ({s['images']} images; face region, pooled pixels, %)")
+            f"F-Vitiligo MAE {s['ratio_mae']:.2f} pp  "
+            + (f"unassessable share MAE {s['unassessable_share_mae']:.2f} pp  " if "unassessable_share_mae" in s else "")
+            + f"({s['images']} images; face region, pooled pixels, %)")
 
 
 def describe(meta: Mapping[str, Any]) -> str:

@@ -1,0 +1,42 @@
+"""The lesion network on glared photos, without and with the unassessable class.
+
+    python -m launch.build_dataset --name synthetic_uv_vitiligo --config glare
+    python -m launch.train --config launch/configs/glare.py:unassessable --workdir runs/glare_unassessable
+    python -m launch.train --config launch/configs/glare.py:blind --workdir runs/glare_blind
+
+Both train on ``synthetic_uv_vitiligo/glare`` (40 patients x 2 visits x 3 views at 384x256, every photo
+with a glare gain drawn from none to strong), same network (DDRNet-23-slim), input (160x160 masked
+crops), steps and batch:
+
+* ``unassessable``: three classes, skin / vitiligo / unassessable, the third learnt from the data set's
+  unassessable (glare) truth (``input.unassessable``); analysis leaves those pixels out of both
+  counts of F-Vitiligo and reports their share;
+* ``blind``: two classes, as every lesion network before it: glare is skin or lesion, whatever the
+  truth beneath says.
+
+``python -m launch.glare_study`` trains both and writes docs/glare.md (the robustness table).
+"""
+
+from launch.configs.common import base_config
+
+SETTINGS = ("unassessable", "blind")
+
+
+def get_config(setting: str = "unassessable"):
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    c = base_config()
+    c.model.variant = "23-slim"
+    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="glare")
+    c.input.size = (160, 160)
+    c.loss.min_kept = 20_000  # ~10 % of a batch's pixels, as 100k is of the paper's 1024x1024 crops
+    c.batch_size = 8
+    c.num_steps = 600
+    c.optimizer.update(schedule="poly", warmup_steps=20)
+    c.log_every = 50
+    c.eval_every = 200
+    c.checkpoint_every = 200
+    if setting == "unassessable":
+        c.model.num_classes = 3
+        c.input.unassessable = True
+    return c

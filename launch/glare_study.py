@@ -1,0 +1,211 @@
+"""Glare and photo quality, measured: the robustness table of docs/glare.md.
+
+    python -m launch.glare_study --out runs/glare_study --markdown docs/glare.md --picture docs/glare_example.png
+
+Trains the two settings of launch/configs/glare.py (``blind``: two classes, as before; ``unassessable``:
+with the "cannot be assessed" class), unless ``OUT/<setting>`` already holds a finished run, then
+renders new synthetic patients (never trained or validated on) at 1416x944 (half the paper's
+resolution) under controlled conditions: glare gain 0 (none), 1 (the standard highlights), 2 and 3
+(strong), and, at the standard glare, blur x3, exposure x0.5 and x1.6, and the head turned 20 degrees
+off its view. Both networks analyse every photo through the analysis chain (:class:`Analyzer`) with
+the true face box and face mask (the chain evaluator's "lesion only" rows), so the lesion stage is
+all that differs. Per condition: F-Vitiligo MAE against the true ratio of the whole face, the
+unassessable share against the truth's, and how often each check of the quality gate
+(:mod:`vitijax.quality`) fires. Writes ``OUT/study.json``, and ``--markdown`` / ``--picture``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+SIZE = (1416, 944)  # (h, w): half the paper's 2832x4240 photos
+SEED = 4000  # the new patients' data-set seed: not the training set's (0)
+# (name, Acquisition keyword arguments): the conditions of the robustness table, in its order
+CONDITIONS = (("no glare (gain 0)", {"glare": (0.0, 0.0)}), ("standard highlights (gain 1)", {}),
+              ("glare gain 2", {"glare": (2.0, 2.0)}), ("strong glare (gain 3)", {"glare": (3.0, 3.0)}),
+              ("blur x3", {"blur": (3.0, 3.0)}), ("underexposed x0.5", {"exposure": (0.5, 0.5)}),
+              ("overexposed x1.6", {"exposure": (1.6, 1.6)}),
+              ("head turned 20 degrees", {"yaw": (math.radians(20), math.radians(20))}))
+SETTINGS = ("blind", "unassessable")
+
+
+def train(out: str, steps: int | None) -> dict[str, str]:
+    """{setting: its workdir}, training those not finished yet."""
+    from launch.configs import glare
+    from vitijax.train import train_and_evaluate
+
+    dirs = {}
+    for setting in SETTINGS:
+        workdir = os.path.join(out, setting)
+        if not os.path.isfile(os.path.join(workdir, "final_metrics.json")):
+            c = glare.get_config(setting)
+            if steps:
+                c.num_steps = steps
+            print(f"=== training {setting} into {workdir}", flush=True)
+            train_and_evaluate(c, workdir)
+        dirs[setting] = workdir
+    return dirs
+
+
+def photos(condition: dict, patients: int):
+    """The condition's photos: every view of the first visit of ``patients`` new patients."""
+    from vitijax.data import synthetic
+
+    acq = synthetic.Acquisition(**condition)
+    for i in range(patients):
+        patient = synthetic.make_patient(SEED, i)
+        for view in synthetic.VIEWS:
+            yield synthetic.render(patient, 0, view, SIZE, acq)
+
+
+def analyse(analyzers: dict, s) -> dict:
+    """One photo through each analyser: {setting: row} with the ratio errors, unassessable shares and
+    the checks that failed."""
+    from vitijax.chain import score_photo
+
+    face = s.face_mask > 0
+    true_un = 100.0 * float((s.unassessable_mask > 0)[face].mean())
+    out = {}
+    for setting, analyzer in analyzers.items():
+        res = analyzer([s.image], [s.face_mask], boxes=[s.face_box], views=[s.view])[0]
+        row = score_photo(0, {"patient": s.patient_id, "visit": s.visit, "view": s.view}, res, s.face_mask,
+                          s.vitiligo_mask)
+        out[setting] = {"ratio_true": row["ratio_true"], "ratio_pred": row["ratio_pred"],
+                        "error": row["ratio_error"], "dice": row["dice"],
+                        "unassessable_true_pct": true_un,
+                        "unassessable_pred_pct": 100.0 * res.quality.get("unassessable_share", 0.0),
+                        "failed": [f for f, r in res.checks.items() if r["passed"] is False],
+                        "quality": {k: res.quality[k] for k in ("sharpness", "face_median_luminance",
+                                                                "saturated_share") if k in res.quality}}
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per setting: MAE, mean signed error, unassessable share MAE (pp), and each check's firing rate (%)."""
+    out = {}
+    for setting in SETTINGS:
+        r = [row[setting] for row in rows]
+        err = np.array([x["error"] for x in r])
+        fired: dict[str, float] = {}
+        for x in r:
+            for f in x["failed"]:
+                fired[f] = fired.get(f, 0) + 100.0 / len(r)
+        out[setting] = {"mae": float(np.abs(err).mean()), "mean_signed_error": float(err.mean()),
+                        "unassessable_mae": float(np.mean([abs(x["unassessable_pred_pct"] - x["unassessable_true_pct"])
+                                                           for x in r])),
+                        "unassessable_pred_mean": float(np.mean([x["unassessable_pred_pct"] for x in r])),
+                        "checks_fired_pct": dict(sorted(fired.items())), "photos": len(r)}
+    out["unassessable_true_mean"] = float(np.mean([row["unassessable"]["unassessable_true_pct"] for row in rows]))
+    return out
+
+
+def markdown(study: dict, command: str) -> str:
+    b, u = study["by_condition"], SETTINGS
+    free, strong = b[CONDITIONS[0][0]], b[CONDITIONS[3][0]]
+    lines = ["# Glare and photo quality: measured", "",
+             "Made by the command at the end on the machine that ran it; do not edit by hand. "
+             f"{study['photos_per_condition']} photos per condition ({study['patients']} new synthetic patients x "
+             f"3 views, {SIZE[1]}x{SIZE[0]}), analysed by the chain with the true face box and face mask, so only "
+             "the lesion network differs: `blind` (two classes, glare is skin or lesion) and `unassessable` (a third "
+             "class; its pixels leave both counts of F-Vitiligo). Both trained by launch/configs/glare.py on "
+             "`synthetic_uv_vitiligo/glare`. Errors against the true F-Vitiligo of the whole face.", "",
+             "| condition | true unassessable (% of face) | F-Vitiligo MAE, blind (pp) | F-Vitiligo MAE, unassessable "
+             "(pp) | mean signed error, blind / unassessable (pp) | unassessable share: predicted (% of face), "
+             "abs. error (pp) | quality gate: checks that fired (% of photos) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, _ in CONDITIONS:
+        c = b[name]
+        fired = ", ".join(f"{k} {v:.0f}" for k, v in c["unassessable"]["checks_fired_pct"].items()) or "none"
+        lines.append(f"| {name} | {c['unassessable_true_mean']:.2f} | {c['blind']['mae']:.2f} | "
+                     f"{c['unassessable']['mae']:.2f} | {c['blind']['mean_signed_error']:+.2f} / "
+                     f"{c['unassessable']['mean_signed_error']:+.2f} | {c['unassessable']['unassessable_pred_mean']:.2f}, "
+                     f"{c['unassessable']['unassessable_mae']:.2f} | {fired} |")
+    lines += ["", "Strong glare against none (the issue's bar: at most 1.5x): "
+              + "; ".join(f"{s} {strong[s]['mae']:.2f} / {free[s]['mae']:.2f} pp = "
+                          f"{strong[s]['mae'] / free[s]['mae']:.2f}x" for s in u) + ".",
+              "", "![a strongly glared photo](glare_example.png)", "",
+              "Left to right: the face crop under strong glare; the truth (vitiligo green, unassessable magenta); "
+              "the `unassessable` network (lesions green, what it cannot assess hatched magenta); the `blind` one.",
+              "", f"Produced by `{command}`."]
+    return "\n".join(lines) + "\n"
+
+
+def picture(analyzers: dict, path: str, patients: int) -> None:
+    """The strongest-glared front photo of the study: crop, truth, both networks' overlays."""
+    from PIL import Image
+
+    from vitijax.data import synthetic
+    from vitijax.pipeline import PhotoResult
+    from vitijax.report.followup import overlay
+    from vitijax.report.overlay import grid
+
+    best = None
+    for i in range(patients):
+        s = synthetic.render(synthetic.make_patient(SEED, i), 0, "front", SIZE, synthetic.Acquisition(glare=(3.0, 3.0)))
+        share = float(s.unassessable_mask[s.face_mask > 0].mean())
+        if best is None or share > best[0]:
+            best = (share, s)
+    s = best[1]
+    res = {k: a([s.image], [s.face_mask], boxes=[s.face_box])[0] for k, a in analyzers.items()}
+    truth = PhotoResult(*s.image.shape[:2], crop_box=res["unassessable"].crop_box, face_mask=s.face_mask,
+                        lesion_mask=s.vitiligo_mask & s.face_mask, unassessable_mask=s.unassessable_mask)
+    crop = res["unassessable"].crop
+    tiles = [np.asarray(Image.fromarray(crop).resize((400, 400), Image.Resampling.BILINEAR))]
+    for r in (truth, res["unassessable"], res["blind"]):
+        tiles.append(np.asarray(Image.fromarray(overlay(s.image, r, max_side=400)).resize((400, 400))))
+    Image.fromarray(grid([tiles])).save(path, optimize=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.glare_study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/glare_study")
+    p.add_argument("--patients", type=int, default=6, help="new patients per condition (x 3 views)")
+    p.add_argument("--steps", type=int, help="override the configs' num_steps")
+    p.add_argument("--markdown", help="also write the page to this file")
+    p.add_argument("--picture", help="also write the example picture to this PNG")
+    a = p.parse_args(argv)
+
+    from vitijax import face_mask
+    from vitijax.pipeline import Analyzer
+    from vitijax.segmenter import Segmenter
+
+    dirs = train(a.out, a.steps)
+    analyzers = {s: Analyzer(Segmenter.load(d, expect="lesion"), face_mask.make("ground_truth")) for s, d in dirs.items()}
+    study = {"patients": a.patients, "photos_per_condition": 3 * a.patients, "by_condition": {}, "rows": {}}
+    start, done, total = time.perf_counter(), 0, len(CONDITIONS) * 3 * a.patients
+    for name, condition in CONDITIONS:
+        rows = []
+        for s in photos(condition, a.patients):
+            rows.append(analyse(analyzers, s))
+            done += 1
+            rate = done / (time.perf_counter() - start)
+            print(f"\r{done}/{total} photos | {rate:.2f} photos/s | ETA {(total - done) / rate:.0f} s", end="",
+                  file=sys.stderr, flush=True)
+        summary = summarise(rows)
+        study["by_condition"][name], study["rows"][name] = summary, rows
+    print(file=sys.stderr)
+    command = "python -m launch.glare_study " + " ".join(argv if argv is not None else sys.argv[1:])
+    study["command"] = command
+    page = markdown(study, command)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "study.json"), "w") as f:
+        json.dump(study, f, indent=1)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(page)
+    if a.picture:
+        picture(analyzers, a.picture, a.patients)
+    print(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

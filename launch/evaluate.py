@@ -157,11 +157,13 @@ def run_bundle(a) -> int:
             print(f"not scored {inp.path}: its face mask {inp.face_mask} is empty", file=sys.stderr)
             return
         ids = {"patient": inp.patient, "visit": inp.visit, "view": inp.view, "source_file": inp.path}
-        r = chain.score_photo(i, ids, res, face_t, lesion_t)
+        glare_path = folder.unassessable_mask_path(lesion_of[inp.path])
+        glare_t = read_mask(glare_path, photo.shape[:2]) if glare_path and os.path.isfile(glare_path) else None
+        r = chain.score_photo(i, ids, res, face_t, lesion_t, glare_t)
         r.update(file=inp.path, status=row["status"], reason=row["reason"], needs_review=row.get("needs_review"))
         chain_rows.append(r)
         ref = reference([photo], [face_t], boxes=[true_box])[0]
-        ref_rows.append(chain.score_photo(i, ids, ref, face_t, lesion_t))
+        ref_rows.append(chain.score_photo(i, ids, ref, face_t, lesion_t, glare_t))
         # a small picture of the true face's crop for the overlays
         cb = face_lib.crop_box(true_box, analyzer.margin)
         lesion_p = res.lesion_mask if res.lesion_mask is not None else np.zeros_like(lesion_t)

@@ -2,8 +2,11 @@
 
     python -m launch.glare_study --out runs/glare_study --markdown docs/glare.md --picture docs/glare_example.png
 
-Trains the two settings of launch/configs/glare.py (``blind``: two classes, as before; ``unassessable``:
-with the "cannot be assessed" class), unless ``OUT/<setting>`` already holds a finished run, then
+Trains the four settings of launch/configs/glare.py (``standard``: two classes on photos with the
+standard highlights, the lesion network as it was; ``blind``: two classes on glared photos;
+``painted``: three classes on the standard photos with painted highlights as its only glare;
+``unassessable``: three classes on glared photos with their glare truth), unless ``OUT/<setting>``
+already holds a finished run, then
 renders new synthetic patients (never trained or validated on) at 1416x944 (half the paper's
 resolution) under controlled conditions: glare gain 0 (none), 1 (the standard highlights), 2 and 3
 (strong), and, at the standard glare, blur x3, exposure x0.5 and x1.6, and the head turned 20 degrees
@@ -33,12 +36,13 @@ CONDITIONS = (("no glare (gain 0)", {"glare": (0.0, 0.0)}), ("standard highlight
               ("blur x3", {"blur": (3.0, 3.0)}), ("underexposed x0.5", {"exposure": (0.5, 0.5)}),
               ("overexposed x1.6", {"exposure": (1.6, 1.6)}),
               ("head turned 20 degrees", {"yaw": (math.radians(20), math.radians(20))}))
-SETTINGS = ("blind", "unassessable")
+SETTINGS = ("standard", "blind", "painted", "unassessable")  # the table's order: before, then after
+GLARE_AWARE = ("painted", "unassessable")
 
 
 def train(out: str, steps: int | None) -> dict[str, str]:
     """{setting: its workdir}, training those not finished yet."""
-    from launch.configs import glare
+    from launch.configs import glare  # noqa: F401  (its settings are SETTINGS)
     from vitijax.train import train_and_evaluate
 
     dirs = {}
@@ -88,7 +92,8 @@ def analyse(analyzers: dict, s) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per setting: MAE, mean signed error, unassessable share MAE (pp), and each check's firing rate (%)."""
+    """Per setting: MAE, mean signed error, unassessable share MAE (pp), and each check's firing rate (%);
+    and the mean true unassessable share (% of the face)."""
     out = {}
     for setting in SETTINGS:
         r = [row[setting] for row in rows]
@@ -107,34 +112,55 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def markdown(study: dict, command: str) -> str:
-    b, u = study["by_condition"], SETTINGS
+    b = study["by_condition"]
     free, strong = b[CONDITIONS[0][0]], b[CONDITIONS[3][0]]
     lines = ["# Glare and photo quality: measured", "",
              "Made by the command at the end on the machine that ran it; do not edit by hand. "
              f"{study['photos_per_condition']} photos per condition ({study['patients']} new synthetic patients x "
              f"3 views, {SIZE[1]}x{SIZE[0]}), analysed by the chain with the true face box and face mask, so only "
-             "the lesion network differs: `blind` (two classes, glare is skin or lesion) and `unassessable` (a third "
-             "class; its pixels leave both counts of F-Vitiligo). Both trained by launch/configs/glare.py on "
-             "`synthetic_uv_vitiligo/glare`. Errors against the true F-Vitiligo of the whole face.", "",
-             "| condition | true unassessable (% of face) | F-Vitiligo MAE, blind (pp) | F-Vitiligo MAE, unassessable "
-             "(pp) | mean signed error, blind / unassessable (pp) | unassessable share: predicted (% of face), "
-             "abs. error (pp) | quality gate: checks that fired (% of photos) |",
-             "|---|---|---|---|---|---|---|"]
+             "the lesion network differs. The four lesion networks of launch/configs/glare.py (DDRNet-23-slim, "
+             "same steps and input): `standard`, two classes trained on photos with the standard highlights "
+             "(the network as it was: **before**); `blind`, two classes trained on glared photos; `painted`, three "
+             "classes trained on the standard photos with painted highlights as its only glare; `unassessable`, "
+             "three classes trained on glared photos and their glare truth. A glare-aware network's unassessable "
+             "pixels leave both counts of F-Vitiligo. Errors against the true F-Vitiligo of the whole face.", "",
+             "## F-Vitiligo error against glare and photo quality", "",
+             "| condition | true unassessable (% of face) | " + " | ".join(f"MAE `{s}` (pp)" for s in SETTINGS)
+             + " | " + " | ".join(f"`{s}`: unassessable predicted (% of face), abs. error (pp)" for s in GLARE_AWARE)
+             + " | quality gate (`unassessable`): checks that fired (% of photos) |",
+             "|---|---|" + "---|" * (len(SETTINGS) + len(GLARE_AWARE)) + "---|"]
     for name, _ in CONDITIONS:
         c = b[name]
         fired = ", ".join(f"{k} {v:.0f}" for k, v in c["unassessable"]["checks_fired_pct"].items()) or "none"
-        lines.append(f"| {name} | {c['unassessable_true_mean']:.2f} | {c['blind']['mae']:.2f} | "
-                     f"{c['unassessable']['mae']:.2f} | {c['blind']['mean_signed_error']:+.2f} / "
-                     f"{c['unassessable']['mean_signed_error']:+.2f} | {c['unassessable']['unassessable_pred_mean']:.2f}, "
-                     f"{c['unassessable']['unassessable_mae']:.2f} | {fired} |")
-    lines += ["", "Strong glare against none (the issue's bar: at most 1.5x): "
-              + "; ".join(f"{s} {strong[s]['mae']:.2f} / {free[s]['mae']:.2f} pp = "
-                          f"{strong[s]['mae'] / free[s]['mae']:.2f}x" for s in u) + ".",
-              "", "![a strongly glared photo](glare_example.png)", "",
+        lines.append(f"| {name} | {c['unassessable_true_mean']:.2f} | "
+                     + " | ".join(f"{c[s]['mae']:.2f} ({c[s]['mean_signed_error']:+.2f})" for s in SETTINGS) + " | "
+                     + " | ".join(f"{c[s]['unassessable_pred_mean']:.2f}, {c[s]['unassessable_mae']:.2f}"
+                                  for s in GLARE_AWARE) + f" | {fired} |")
+    lines += ["", "MAE with the mean signed error in brackets.", "",
+              "Strong glare against none (the bar: at most 1.5x): "
+              + "; ".join(f"`{s}` {strong[s]['mae']:.2f} / {free[s]['mae']:.2f} pp = "
+                          f"{strong[s]['mae'] / free[s]['mae']:.2f}x" for s in SETTINGS) + ".", ""]
+    flag = study["unassessable_flag"]
+    lines += ["## The \"unassessable region\" flag", "",
+              f"Over all {flag['photos']} photos of the `unassessable` network, the flag fired on {flag['fired']}. "
+              f"Their mean absolute F-Vitiligo error: `unassessable` {flag['flagged_mae']['unassessable']:.2f} pp, "
+              f"`standard` {flag['flagged_mae']['standard']:.2f} pp; on the photos it left alone: "
+              f"{flag['quiet_mae']['unassessable']:.2f} and {flag['quiet_mae']['standard']:.2f} pp.", "",
+              "![a strongly glared photo](glare_example.png)", "",
               "Left to right: the face crop under strong glare; the truth (vitiligo green, unassessable magenta); "
-              "the `unassessable` network (lesions green, what it cannot assess hatched magenta); the `blind` one.",
+              "`unassessable` (lesions green, what it cannot assess hatched magenta); `painted`; `standard` (before).",
               "", f"Produced by `{command}`."]
     return "\n".join(lines) + "\n"
+
+
+def flag_study(study: dict) -> dict:
+    """How the photos the "unassessable region" check flags fare: mean |error| flagged and not, per setting."""
+    rows = [r for name in study["rows"] for r in study["rows"][name]]
+    flagged = [("unassessable region" in r["unassessable"]["failed"]) for r in rows]
+    mean = lambda sel, s: float(np.mean([abs(r[s]["error"]) for r, f in zip(rows, flagged) if f == sel])) \
+        if any(f == sel for f in flagged) else float("nan")  # noqa: E731
+    return {"photos": len(rows), "fired": int(sum(flagged)),
+            "flagged_mae": {s: mean(True, s) for s in SETTINGS}, "quiet_mae": {s: mean(False, s) for s in SETTINGS}}
 
 
 def picture(analyzers: dict, path: str, patients: int) -> None:
@@ -158,7 +184,7 @@ def picture(analyzers: dict, path: str, patients: int) -> None:
                         lesion_mask=s.vitiligo_mask & s.face_mask, unassessable_mask=s.unassessable_mask)
     crop = res["unassessable"].crop
     tiles = [np.asarray(Image.fromarray(crop).resize((400, 400), Image.Resampling.BILINEAR))]
-    for r in (truth, res["unassessable"], res["blind"]):
+    for r in (truth, res["unassessable"], res["painted"], res["standard"]):
         tiles.append(np.asarray(Image.fromarray(overlay(s.image, r, max_side=400)).resize((400, 400))))
     Image.fromarray(grid([tiles])).save(path, optimize=True)
 
@@ -192,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(rows)
         study["by_condition"][name], study["rows"][name] = summary, rows
     print(file=sys.stderr)
+    study["unassessable_flag"] = flag_study(study)
     command = "python -m launch.glare_study " + " ".join(argv if argv is not None else sys.argv[1:])
     study["command"] = command
     page = markdown(study, command)

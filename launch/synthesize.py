@@ -8,12 +8,15 @@ writes the folder layout that ``launch.analyze``, ``launch.evaluate --bundle
     OUT/images/<patient>/<visit>/<view>.png          the photo, 2832x4240 by default (--size H W)
     OUT/face_masks/<patient>/<visit>/<view>.png      true face mask, 0 / 255
     OUT/vitiligo_masks/<patient>/<visit>/<view>.png  true vitiligo mask, 0 / 255
+    OUT/unassessable_masks/<patient>/<visit>/<view>.png  true unassessable (glare) mask, 0 / 255: the chain
+                                                     evaluator scores a glare-aware network's share on it
     OUT/truth.csv                                    patient, visit, view, subtype, ratio (F-Vitiligo, %),
                                                      face and vitiligo pixels, face box (x0 y0 x1 y1)
 
 ``--acquisition varied`` lets exposure, focus, noise and lamp tone stray per
 photo as in a busy clinic (``vitijax.data.synthetic.VARIED``): the photos on
-which the "needs review" decision is calibrated and tested.
+which the "needs review" decision is calibrated and tested; ``--acquisition glare``
+draws a glare gain per photo from none to strong (``synthetic.GLARE``).
 
 Patients are ``S<seed>_P<index>``; the bundled training set uses seed 0, so
 any other seed gives patients no network has seen. Photos are rendered by
@@ -50,9 +53,11 @@ def synthesize(out: str, patients: int, visits: int, size: tuple[int, int], seed
                 write_png(os.path.join(out, "images", rel), s.image)
                 write_png(os.path.join(out, "face_masks", rel), s.face_mask * 255)
                 write_png(os.path.join(out, "vitiligo_masks", rel), s.vitiligo_mask * 255)
+                write_png(os.path.join(out, "unassessable_masks", rel), s.unassessable_mask * 255)
                 rows.append({"patient": pid, "visit": visit, "view": view, "subtype": s.subtype,
                              "ratio": round(s.ratio, 6), "face_pixels": int(s.face_mask.sum()),
                              "vitiligo_pixels": int(s.vitiligo_mask.sum()),
+                             "unassessable_pixels": int(s.unassessable_mask.sum()), "glare": round(s.glare, 4),
                              "face_box": " ".join(str(v) for v in s.face_box)})
                 if progress is not None:
                     done = len(rows)
@@ -77,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="photo height and width in pixels (default: the paper's 4240 2832)")
     p.add_argument("--seed", type=int, default=1000, help="data set seed (0 is the bundled training set's)")
     p.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
-    p.add_argument("--acquisition", choices=("standard", "varied"), default="standard",
+    p.add_argument("--acquisition", choices=("standard", "varied", "glare"), default="standard",
                    help="standard: the controlled photography of the bundled data sets; varied: exposure x0.5-1.6, "
-                   "up to 5x blur, up to 15 grey levels of noise, +-15 %% lamp tone, drawn per photo")
+                   "up to 5x blur, up to 15 grey levels of noise, +-15 %% lamp tone, drawn per photo; glare: a glare "
+                   "gain 0-3 per photo (none to strong)")
     p.add_argument("--out", required=True, help="output folder (must not hold photos yet)")
     a = p.parse_args(argv)
     if a.patients < 1 or a.visits < 1:
@@ -90,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.out} already holds images/; choose a new folder", file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
-    from vitijax.data.synthetic import VARIED
+    from vitijax.data.synthetic import GLARE, VARIED
 
     rows = synthesize(a.out, a.patients, a.visits, tuple(a.size), a.seed, tuple(a.views), progress=sys.stderr,
-                      acquisition=VARIED if a.acquisition == "varied" else None)
+                      acquisition={"varied": VARIED, "glare": GLARE}.get(a.acquisition))
     print(f"wrote {len(rows)} photos of {a.patients} patients ({a.size[1]}x{a.size[0]}) with their masks to "
           f"{a.out}; truth: {os.path.join(a.out, 'truth.csv')}")
     return 0

@@ -34,8 +34,10 @@ def test_synthesize_writes_photos_masks_and_a_truth_table_that_agree(synthesized
         photo = np.asarray(Image.open(synthesized / "images" / rel))
         face = np.asarray(Image.open(synthesized / "face_masks" / rel)) > 0
         lesion = np.asarray(Image.open(synthesized / "vitiligo_masks" / rel)) > 0
+        glare = np.asarray(Image.open(synthesized / "unassessable_masks" / rel)) > 0
         assert photo.shape == (360, 240, 3)
         assert int(r["face_pixels"]) == face.sum() and int(r["vitiligo_pixels"]) == lesion.sum()
+        assert int(r["unassessable_pixels"]) == glare.sum() and not (glare & ~face).any() and r["glare"] == "1.0"
         assert float(r["ratio"]) == pytest.approx(100 * lesion.sum() / face.sum(), abs=1e-5)
         ys, xs = np.nonzero(face)
         assert r["face_box"] == f"{xs.min()} {ys.min()} {xs.max() + 1} {ys.max() + 1}"
@@ -72,6 +74,11 @@ def test_chain_evaluator_scores_exactly_what_analyze_ships(bundle, synthesized, 
     assert 0.0 < metrics["chain"]["stages"]["face_mask"]["dice"] < 1.0
     assert metrics["chain"]["stages"]["change"]["pairs"] == 6  # 2 patients x 3 views, visit 1 against visit 0
     assert math.isfinite(metrics["lesion_only"]["f_vitiligo_mae_pp"])
+    # the glare truth is read beside the masks: the true share from truth.csv; a glare-blind network predicts none
+    glare = metrics["chain"]["stages"]["unassessable"]
+    shares = [100 * int(r["unassessable_pixels"]) / int(r["face_pixels"]) for r in csv.DictReader(open(synthesized / "truth.csv"))]
+    assert glare["photos"] == 12 and glare["true_mean_pct"] == pytest.approx(np.mean(shares), abs=1e-6)
+    assert glare["pred_mean_pct"] == 0.0 and glare["share_mae_pp"] == pytest.approx(np.mean(shares), abs=1e-6)
     assert "needs review" in metrics["needs_review"]["flags"]
     calibration = json.loads((out / "review_rule.json").read_text())
     assert calibration["photos"] == sum(1 for r in per_photo if r["ratio_pred"])

@@ -70,9 +70,12 @@ def test_the_glare_aware_label_has_class_2_exactly_where_glare_covers_the_face()
     want = np.where((crop["unassessable"] > 0) & (crop["face"] > 0), 2, crop["lesion"])
     assert (out["label"] == 2).sum() > 50 and np.array_equal(out["label"], want)
     assert set(np.unique(lesion.prepare(ex, plain)["label"])) <= {0, 1}
-    del ex["unassessable_mask"]
-    with pytest.raises(ValueError, match="no unassessable \\(glare\\) mask"):
-        lesion.prepare(ex, glare_aware)
+    del ex["unassessable_mask"]  # a data set without glare truth: nothing is marked, unless painted
+    assert set(np.unique(lesion.prepare(ex, glare_aware)["label"])) <= {0, 1}
+    from vitijax.data.pipeline import Augment
+
+    painted = lesion.prepare(ex, glare_aware, Augment(highlights=1.0), np.random.default_rng(0))
+    assert (painted["label"] == 2).sum() > 20 and not ((painted["label"] == 2) & (painted["face"] == 0)).any()
 
 
 def test_a_glare_aware_config_needs_three_classes():
@@ -217,3 +220,43 @@ def test_analyzer_reports_the_pose_check_with_retinaface(tmp_path):
     assert front.checks["head turned"]["passed"] is True and abs(front.quality["yaw_deg"]) < 10
     assert left.checks["head turned"]["passed"] is False and "head turned" in left.flags
     assert any(r.startswith("head turned: yaw_error_deg") for r in left.review_reasons)
+
+
+def _random_lesion(tmp_path, name: str, classes: int) -> Segmenter:
+    model = DDRNet("23-tiny", classes, True)
+    v = init_variables(model, jax.random.key(classes), (64, 64))
+    meta = {**tasks.get("lesion").model_meta({"variant": "23-tiny", "num_classes": classes, "aux_head": True}),
+            "task": "lesion", "input": InputContract(size=(64, 64), mask_input=True,
+                                                    unassessable=classes == 3).to_meta()}
+    return Segmenter.load(save_model(tmp_path / name, v, meta))
+
+
+def test_glare_study_rows_and_table_add_up(tmp_path):
+    """launch.glare_study's per-photo rows, summary, flag study and page on two real photos through four
+    (random) lesion networks: every figure is the mean of the rows it summarises."""
+    from launch import glare_study
+
+    analyzers = {s: Analyzer(_random_lesion(tmp_path, s, 3 if s in glare_study.GLARE_AWARE else 2),
+                             face_mask.make("ground_truth")) for s in glare_study.SETTINGS}
+    p = synthetic.make_patient(glare_study.SEED, 0)
+    photos = [synthetic.render(p, 0, v, SIZE, synthetic.Acquisition(glare=(3.0, 3.0))) for v in ("front", "left")]
+    rows = [glare_study.analyse(analyzers, s) for s in photos]
+    for row, s in zip(rows, photos):
+        face = s.face_mask > 0
+        for setting, r in row.items():
+            assert r["ratio_true"] == pytest.approx(s.ratio, abs=1e-9)
+            assert r["unassessable_true_pct"] == pytest.approx(100 * s.unassessable_mask[face].mean())
+            if setting not in glare_study.GLARE_AWARE:
+                assert r["unassessable_pred_pct"] == 0.0
+    summary = glare_study.summarise(rows)
+    for setting in glare_study.SETTINGS:
+        assert summary[setting]["mae"] == pytest.approx(np.mean([abs(r[setting]["error"]) for r in rows]))
+    study = {"patients": 1, "photos_per_condition": 2, "rows": {}, "by_condition": {}}
+    for name, _ in glare_study.CONDITIONS:
+        study["rows"][name], study["by_condition"][name] = rows, summary
+    study["unassessable_flag"] = glare_study.flag_study(study)
+    assert study["unassessable_flag"]["photos"] == 2 * len(glare_study.CONDITIONS)
+    page = glare_study.markdown(study, "python -m launch.glare_study")
+    strong = glare_study.CONDITIONS[3][0]
+    assert f"| {strong} | {summary['unassessable_true_mean']:.2f} | {summary['standard']['mae']:.2f} (" in page
+    assert page.rstrip().endswith("Produced by `python -m launch.glare_study`.")

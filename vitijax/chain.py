@@ -36,11 +36,13 @@ def _count(a: np.ndarray) -> int:
     return int(np.count_nonzero(a))
 
 
-def score_photo(index: int, ids: Mapping[str, Any], result, face_true: np.ndarray, lesion_true: np.ndarray
-                ) -> dict[str, Any]:
+def score_photo(index: int, ids: Mapping[str, Any], result, face_true: np.ndarray, lesion_true: np.ndarray,
+                unassessable_true: np.ndarray | None = None) -> dict[str, Any]:
     """One photo's row: ``result`` (a :class:`vitijax.pipeline.PhotoResult`) against the true face and
     vitiligo masks [h, w] {0, 1} of the full photo. Counts inside the true face (``tp`` .. ``tn``) and over
-    the photo (``crop_tp`` ..); ``ratio_pred`` is the chain's own ratio (NaN when it gave none)."""
+    the photo (``crop_tp`` ..); ``ratio_pred`` is the chain's own ratio (NaN when it gave none), against the
+    true ratio of the whole face. With the true unassessable (glare) mask: ``unassessable_true_pct`` and
+    ``unassessable_pred_pct``, shares of the true and of the predicted face (0 from a glare-blind network)."""
     face_t = face_true > 0
     lesion_t = (lesion_true > 0) & face_t  # what is not on the face is not facial vitiligo
     h, w = face_t.shape
@@ -67,6 +69,10 @@ def score_photo(index: int, ids: Mapping[str, Any], result, face_true: np.ndarra
     row["face_iou"] = inter / (n_pred + n_face - inter) if n_pred + n_face else math.nan
     row["flags"] = list(result.flags)
     row["quality"] = dict(result.quality)
+    if unassessable_true is not None:
+        row["unassessable_true_pct"] = 100.0 * _count((unassessable_true > 0) & face_t) / max(n_face, 1)
+        row["unassessable_pred_pct"] = (100.0 * result.unassessable_pixels / result.face_pixels
+                                        if result.face_pixels else math.nan)
     return row
 
 
@@ -124,6 +130,12 @@ def summarize_chain(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "change": {"pairs": len(changes), "mae_pp": float(np.abs(err).mean()) if err.size else math.nan,
                    "mean_signed_error_pp": float(err.mean()) if err.size else math.nan},
     }
+    glare = [r for r in rows if "unassessable_true_pct" in r]
+    if glare:  # photos with the glare truth (launch.synthesize writes it)
+        s["stages"]["unassessable"] = {
+            "photos": len(glare), "true_mean_pct": _mean(r["unassessable_true_pct"] for r in glare),
+            "pred_mean_pct": _mean(r["unassessable_pred_pct"] for r in glare),
+            "share_mae_pp": _mean(abs(r["unassessable_pred_pct"] - r["unassessable_true_pct"]) for r in glare)}
     return s
 
 
@@ -197,6 +209,11 @@ def _stage_lines(sections: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, s
             ("change from first visit: MAE (pp)", lambda s: pp(s["stages"]["change"]["mae_pp"])),
             ("change pairs", lambda s: str(s["stages"]["change"]["pairs"]))):
         rows.append((label, get(sections["chain"]), get(sections["lesion_only"])))
+    if "unassessable" in sections["chain"]["stages"]:
+        for label, key in (("unassessable share, true (% of face)", "true_mean_pct"),
+                           ("unassessable share, predicted (% of face)", "pred_mean_pct"),
+                           ("unassessable share MAE (pp)", "share_mae_pp")):
+            rows.append((label, *(pp(sections[k]["stages"]["unassessable"][key]) for k in ("chain", "lesion_only"))))
     return rows
 
 

@@ -228,6 +228,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     splits = load_splits(d, [d.train_split, d.eval_split, d.test_split, *([unlabelled] if unlabelled else [])],
                          margin=contract.margin)
     train_src, eval_src, test_src = splits[d.train_split], splits[d.eval_split], splits[d.test_split]
+    if contract.unassessable and not aug.highlights and len(train_src) and "unassessable_mask" not in train_src[0]:
+        raise ValueError(f"config.input.unassessable: the {d.train_split} split of {d.name} has no unassessable "
+                         "(glare) masks to learn the class from; paint highlights on its crops "
+                         "(config.augment.highlights, e.g. 0.5) or train on a data set with glare truth")
     steps_per_epoch = max(1, len(train_src) // gbs)
     total_steps = int(config.num_steps) if config.get("num_steps") is not None \
         else int(config.num_epochs) * steps_per_epoch

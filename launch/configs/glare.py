@@ -3,23 +3,29 @@
     python -m launch.build_dataset --name synthetic_uv_vitiligo --config glare
     python -m launch.train --config launch/configs/glare.py:unassessable --workdir runs/glare_unassessable
     python -m launch.train --config launch/configs/glare.py:blind --workdir runs/glare_blind
+    python -m launch.train --config launch/configs/glare.py:standard --workdir runs/glare_standard
 
-Both train on ``synthetic_uv_vitiligo/glare`` (40 patients x 2 visits x 3 views at 384x256, every photo
-with a glare gain drawn from none to strong), same network (DDRNet-23-slim), input (160x160 masked
-crops), steps and batch:
+On ``synthetic_uv_vitiligo/glare`` (40 patients x 2 visits x 3 views at 384x256, every photo with a
+glare gain drawn from none to strong), same network (DDRNet-23-slim), input (160x160 masked crops),
+steps and batch:
 
 * ``unassessable``: three classes, skin / vitiligo / unassessable, the third learnt from the data set's
   unassessable (glare) truth (``input.unassessable``); analysis leaves those pixels out of both
   counts of F-Vitiligo and reports their share;
 * ``blind``: two classes, as every lesion network before it: glare is skin or lesion, whatever the
-  truth beneath says.
+  truth beneath says;
+* ``standard``: ``blind`` trained on ``glare_standard``, the same patients with only the standard
+  highlights: the lesion network as it was before glare was handled (the "before" of docs/glare.md);
+* ``painted``: ``unassessable`` trained on ``glare_standard`` with highlights painted on half of the
+  crops (``augment.highlights``, :func:`vitijax.data.pipeline.paint_highlights`) as its only glare:
+  the way to a glare-aware network on a data set whose glare nobody annotated.
 
 ``python -m launch.glare_study`` trains both and writes docs/glare.md (the robustness table).
 """
 
 from launch.configs.common import base_config
 
-SETTINGS = ("unassessable", "blind")
+SETTINGS = ("unassessable", "blind", "standard", "painted")
 
 
 def get_config(setting: str = "unassessable"):
@@ -27,7 +33,8 @@ def get_config(setting: str = "unassessable"):
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     c = base_config()
     c.model.variant = "23-slim"
-    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="glare")
+    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="glare_standard" if setting in (
+        "standard", "painted") else "glare")
     c.input.size = (160, 160)
     c.loss.min_kept = 20_000  # ~10 % of a batch's pixels, as 100k is of the paper's 1024x1024 crops
     c.batch_size = 8
@@ -36,7 +43,9 @@ def get_config(setting: str = "unassessable"):
     c.log_every = 50
     c.eval_every = 200
     c.checkpoint_every = 200
-    if setting == "unassessable":
+    if setting in ("unassessable", "painted"):
         c.model.num_classes = 3
         c.input.unassessable = True
+    if setting == "painted":
+        c.augment.highlights = 0.5
     return c

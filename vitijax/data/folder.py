@@ -160,6 +160,17 @@ def _from_layout(root: str, report: Report) -> Iterable[tuple[str, str, str, str
                    patient, visit, stem.lower())
 
 
+def unassessable_mask_path(vitiligo_mask: str) -> str | None:
+    """Where the layout keeps a photo's unassessable (glare) mask, beside its vitiligo mask:
+    ``unassessable_masks/<patient>/<visit>/<view>.png`` (``launch.synthesize`` writes the truth there);
+    None for a mask outside a ``vitiligo_masks/`` folder."""
+    parts = os.path.normpath(vitiligo_mask).split(os.sep)
+    if "vitiligo_masks" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("vitiligo_masks")
+    return os.sep.join(parts[:i] + ["unassessable_masks"] + parts[i + 1:])
+
+
 def _from_manifest(root: str, report: Report) -> Iterable[tuple[str, str, str, str, int, str]]:
     path = os.path.join(root, "manifest.csv")
     with open(path, newline="") as f:

@@ -49,14 +49,15 @@ class Augment:
     no_face_prob: float = 0.0  # face-box network: share of training photos replaced by one without a face
     strong_factor: float = 2.0  # lesion_semi: the strong view's photometric jitter, x the ranges above
     cutout: float = 0.0  # lesion_semi: side of the square blanked in the strong view, fraction of the input
+    highlights: float = 0.0  # share of face crops given painted specular highlights (paint_highlights)
 
     def __post_init__(self):
         object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"augment.scale_range must be 0 < low <= high, got {self.scale_range}")
-        if not 0 <= self.no_face_prob <= 1 or not 0 <= self.blur_prob <= 1:
-            raise ValueError("augment.no_face_prob and augment.blur_prob are probabilities in [0, 1]")
+        if not 0 <= self.no_face_prob <= 1 or not 0 <= self.blur_prob <= 1 or not 0 <= self.highlights <= 1:
+            raise ValueError("augment.no_face_prob, augment.blur_prob and augment.highlights are probabilities in [0, 1]")
         if not 0 <= self.cutout < 1 or self.strong_factor < 1:
             raise ValueError(f"augment.cutout must be in [0, 1) and augment.strong_factor >= 1, got "
                              f"{self.cutout} and {self.strong_factor}")
@@ -80,6 +81,36 @@ def photometric(img: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.n
     gain = (1 + rng.uniform(-aug.contrast, aug.contrast)) * (1 + rng.uniform(-aug.uv_tone, aug.uv_tone, 3))
     x = x * gain.astype(np.float32) + np.float32(rng.uniform(-aug.brightness, aug.brightness) * 255)
     return np.clip(x, 0, 255)
+
+
+LAMP = np.array([235.0, 238.0, 255.0], np.float32)  # the colour a UV lamp's specular reflection tends to
+
+
+def paint_highlights(img: np.ndarray, face: np.ndarray, rng: np.random.Generator, level: float = 0.5
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """1-4 specular highlights painted on a face crop: (the crop [h, w, 3] uint8, where they make at least
+    ``level`` of a pixel's light [h, w] uint8 {0, 1}, inside ``face`` [h, w]).
+
+    Each is an elliptical Gaussian lobe (the specular term of a shiny curved surface) centred on a face
+    pixel, 3-15 % of the crop across, peaking at 50-95 % of the pixel's light, blending it towards the
+    lamp's colour: glare where a data set has none annotated, for a glare-aware network (class 2 where
+    the painted share reaches ``level``, as the synthetic truth's ``GLARE_LEVEL``)."""
+    h, w = face.shape
+    ys, xs = np.nonzero(face)
+    glare = np.zeros((h, w), np.float32)
+    if ys.size:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        for _ in range(int(rng.integers(1, 5))):
+            k = int(rng.integers(ys.size))
+            r = rng.uniform(0.03, 0.15) * max(h, w)
+            t, squash = rng.uniform(0, np.pi), rng.uniform(0.5, 1.0)
+            u = ((xx - xs[k]) * np.cos(t) + (yy - ys[k]) * np.sin(t)) / r
+            v = (-(xx - xs[k]) * np.sin(t) + (yy - ys[k]) * np.cos(t)) / (r * squash)
+            lobe = rng.uniform(0.5, 0.95) * np.exp(-(u * u + v * v))
+            glare = 1 - (1 - glare) * (1 - lobe)
+    tint = LAMP * np.float32(rng.uniform(0.9, 1.05))
+    out = img.astype(np.float32) + (tint - img) * glare[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8), ((glare >= level) & (face > 0)).astype(np.uint8)
 
 
 def random_affine(hw: tuple[int, int], size: tuple[int, int], aug: Augment, rng: np.random.Generator):
@@ -112,14 +143,22 @@ def crop_example(example: dict, contract: InputContract, aug: Augment | None = N
     img = inputs.warp(image, coeffs, size, Image.Resampling.BILINEAR)
     face_r = inputs.warp(face, coeffs, size, Image.Resampling.NEAREST)
     lesion_r = inputs.warp(lesion, coeffs, size, Image.Resampling.NEAREST)
+    glare_r = None
+    if example.get("unassessable_mask") is not None:
+        glare = _mask2d(example["unassessable_mask"]).astype(np.uint8)
+        glare_r = inputs.warp(glare, coeffs, size, Image.Resampling.NEAREST)
+    if rng is not None and aug.highlights > 0:  # painted glare joins the annotated one
+        painted = np.zeros(size, np.uint8)
+        if rng.random() < aug.highlights:
+            img, painted = paint_highlights(img, face_r, rng)
+        glare_r = painted if glare_r is None else np.maximum(glare_r, painted)
     x = img.astype(np.float32) if rng is None else photometric(img, aug, rng)
     if contract.mask_input:
         x = x * face_r[..., None]
     out = {"image": inputs.normalise(x, contract), "face": face_r, "lesion": lesion_r,
            "view": FLIPPED_VIEW.get(view, view) if flip else view}
-    if example.get("unassessable_mask") is not None:
-        glare = _mask2d(example["unassessable_mask"]).astype(np.uint8)
-        out["unassessable"] = inputs.warp(glare, coeffs, size, Image.Resampling.NEAREST)
+    if glare_r is not None:
+        out["unassessable"] = glare_r
     return out
 
 

@@ -36,14 +36,11 @@ def contract(input_cfg) -> InputContract:
 
 def prepare(example: dict, contract: InputContract, aug=None, rng=None) -> dict[str, Any]:
     """{'image' [h, w, 3] float32, 'label' [h, w] int32 (vitiligo 1; with ``contract.unassessable``,
-    unassessable face pixels 2), 'face' [h, w] uint8 (the region scored: the face mask), 'view'}."""
+    unassessable face pixels 2: the data set's glare truth and, in training, painted highlights
+    (``augment.highlights``)), 'face' [h, w] uint8 (the region scored: the face mask), 'view'}."""
     out = crop_example(example, contract, aug, rng)
     label = out["lesion"].astype("int32")
-    if contract.unassessable:
-        if "unassessable" not in out:
-            raise ValueError(f"{example.get('source_file') or 'an example'} of {example.get('patient', '?')}: no "
-                             "unassessable (glare) mask, which a network with input.unassessable learns from (the "
-                             "synthetic data sets store one; a folder data set does not)")
+    if contract.unassessable and "unassessable" in out:  # a data set without glare truth: none marked
         label[(out["unassessable"] > 0) & (out["face"] > 0)] = 2
     return {"image": out["image"], "label": label, "face": out["face"], "view": out["view"]}
 
@@ -57,6 +54,12 @@ def summarize(rows_, meta=None):
 
 
 def evaluate(ev_step, variables, source, contract, global_batch: int, mesh, *, keep_predictions: bool = False):
-    """(per-image rows: identifiers, counts, scores, ratios; {index: predicted mask} if kept)."""
-    return evaluate_task(NAME, rows, ev_step, variables, source, contract, global_batch, mesh,
-                         keep_predictions=keep_predictions)
+    """(per-image rows: identifiers, counts, scores, ratios; {index: predicted mask} if kept). A glare-aware
+    network's unassessable shares are reported only where the data set holds the glare truth."""
+    out, preds = evaluate_task(NAME, rows, ev_step, variables, source, contract, global_batch, mesh,
+                               keep_predictions=keep_predictions)
+    if len(source) and "unassessable_mask" not in source[0]:
+        for r in out:
+            r.pop("unassessable_pred_pct", None)
+            r.pop("unassessable_true_pct", None)
+    return out, preds

@@ -28,7 +28,7 @@ from vitijax.resize import resize_bilinear
 MODEL_KEYS = ("variant", "num_classes", "aux_head", "dtype")
 LOSS_KEYS = ("thresh", "min_kept", "aux_weight", "ignore_index", "class_weights")
 AUGMENT_KEYS = ("flip", "scale_range", "max_rotation_deg", "shift", "brightness", "contrast", "uv_tone",
-                "blur_prob", "max_blur_sigma")
+                "blur_prob", "max_blur_sigma", "highlights")
 TRAIN_KEYS = ("image", "label")
 DEVICE_KEYS = ("image", "label", "face")
 HOST_KEYS: tuple[str, ...] = ()

@@ -9,7 +9,8 @@ Configs: ``tiny`` (tests), ``small`` (the CPU main job), ``medium``, ``paper``
 semi-supervised training ``semi`` (6 labelled training patients, 40 in an
 ``unlabelled`` split whose lesion masks no run reads) and ``semi_full`` (the
 same 46 all labelled, the same held-out patients), and ``glare`` (every photo
-with a glare gain drawn from none to strong, ``synthetic.GLARE``). Every
+with a glare gain drawn from none to strong, ``synthetic.GLARE``) with its twin
+``glare_standard`` (the same patients, standard highlights). Every
 config stores the unassessable (glare) truth beside the masks. Splits are by
 patient: train / validation / test (/ unlabelled).
 """
@@ -65,6 +66,9 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
                         photo_size=(384, 256), patients=56, visits=2, val_fraction=5 / 56, test_fraction=5 / 56),
         SyntheticConfig(name="glare", description="40 patients x 2 visits x 3 views at 384x256, glare gain 0-3 per "
                         "photo (none to strong)", photo_size=(384, 256), patients=40, visits=2, glare=(0.0, 3.0)),
+        SyntheticConfig(name="glare_standard", description="the glare config's 40 patients with the standard "
+                        "highlights only (what lesion networks were trained on before)", photo_size=(384, 256),
+                        patients=40, visits=2),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:

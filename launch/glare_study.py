@@ -40,18 +40,50 @@ SETTINGS = ("standard", "blind", "painted", "unassessable")  # the table's order
 GLARE_AWARE = ("painted", "unassessable")
 
 
+def specular_free_auc(patients: int) -> dict[str, list[float]]:
+    """Whether a classical reflectance-separation pre-step could help: the specular-free image of the
+    dichromatic model (each pixel minus its smallest channel, which removes a white specular component)
+    against the photo, by how well luma tells lesion from normal skin (AUC, 1 = perfectly; pixels of
+    neither glare nor another class), on the strongly glared front photos of the study's patients."""
+    from scipy.stats import mannwhitneyu
+
+    from vitijax.data import synthetic
+    from vitijax.quality import luma
+
+    out: dict[str, list[float]] = {"photo": [], "specular-free": []}
+    for i in range(patients):
+        s = synthetic.render(synthetic.make_patient(SEED, i), 0, "front", SIZE, synthetic.Acquisition(glare=(3.0, 3.0)))
+        face, glare = s.face_mask > 0, s.unassessable_mask > 0
+        lesion, skin = face & (s.vitiligo_mask > 0) & ~glare, face & (s.vitiligo_mask == 0) & ~glare
+        img = s.image.astype(np.float32)
+        for name, x in (("photo", luma(img)), ("specular-free", luma(img - img.min(-1, keepdims=True)))):
+            a, b = x[lesion], x[skin]
+            out[name].append(float(mannwhitneyu(a, b).statistic) / (a.size * b.size))
+    return out
+
+
 def train(out: str, steps: int | None) -> dict[str, str]:
     """{setting: its workdir}, training those not finished yet."""
-    from launch.configs import glare  # noqa: F401  (its settings are SETTINGS)
+    from launch.configs import glare
     from vitijax.train import train_and_evaluate
 
     dirs = {}
     for setting in SETTINGS:
         workdir = os.path.join(out, setting)
-        if not os.path.isfile(os.path.join(workdir, "final_metrics.json")):
-            c = glare.get_config(setting)
-            if steps:
-                c.num_steps = steps
+        c = glare.get_config(setting)
+        if steps:
+            c.num_steps = steps
+        if os.path.isfile(os.path.join(workdir, "final_metrics.json")):  # reused only if trained as asked now
+            with open(os.path.join(workdir, "config.json")) as f:
+                ran = json.load(f)
+            want = json.loads(c.to_json())
+            for cfg in (ran, want):  # where the data set lives is not how the network was trained
+                cfg.get("data", {}).pop("data_dir", None)
+            differ = [k for k in ("model", "loss", "input", "augment", "data", "num_steps") if ran.get(k) != want.get(k)]
+            if differ:
+                raise SystemExit(f"{workdir} was trained with other {', '.join(differ)} than launch/configs/glare.py:"
+                                 f"{setting} now gives: choose another --out")
+        else:
             print(f"=== training {setting} into {workdir}", flush=True)
             train_and_evaluate(c, workdir)
         dirs[setting] = workdir
@@ -140,6 +172,14 @@ def markdown(study: dict, command: str) -> str:
               "Strong glare against none (the bar: at most 1.5x): "
               + "; ".join(f"`{s}` {strong[s]['mae']:.2f} / {free[s]['mae']:.2f} pp = "
                           f"{strong[s]['mae'] / free[s]['mae']:.2f}x" for s in SETTINGS) + ".", ""]
+    auc = study["specular_free_auc"]
+    lines += ["## A reflectance-separation pre-step, measured before adopting", "",
+              "The dichromatic model's specular-free image (each pixel minus its smallest channel) removes a white "
+              "reflection, but UV photographs are near-monochrome violet-blue and vitiligo is bluish white: on the "
+              f"strongly glared front photos of the {len(auc['photo'])} patients, luma tells lesion from normal skin with "
+              f"an AUC of {min(auc['photo']):.3f}-{max(auc['photo']):.3f} in the photo and "
+              f"{min(auc['specular-free']):.3f}-{max(auc['specular-free']):.3f} in the specular-free image (below 0.5: "
+              "inverted). It removes the lesions with the glare, so vitijax does not use it.", ""]
     flag = study["unassessable_flag"]
     lines += ["## The \"unassessable region\" flag", "",
               f"Over all {flag['photos']} photos of the `unassessable` network, the flag fired on {flag['fired']}. "
@@ -219,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         study["by_condition"][name], study["rows"][name] = summary, rows
     print(file=sys.stderr)
     study["unassessable_flag"] = flag_study(study)
+    study["specular_free_auc"] = specular_free_auc(a.patients)
     command = "python -m launch.glare_study " + " ".join(argv if argv is not None else sys.argv[1:])
     study["command"] = command
     page = markdown(study, command)

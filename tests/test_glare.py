@@ -255,8 +255,42 @@ def test_glare_study_rows_and_table_add_up(tmp_path):
     for name, _ in glare_study.CONDITIONS:
         study["rows"][name], study["by_condition"][name] = rows, summary
     study["unassessable_flag"] = glare_study.flag_study(study)
+    study["specular_free_auc"] = auc = glare_study.specular_free_auc(1)
+    assert auc["photo"][0] > 0.95 and auc["specular-free"][0] < 0.5  # the pre-step inverts patient 0's lesions
     assert study["unassessable_flag"]["photos"] == 2 * len(glare_study.CONDITIONS)
     page = glare_study.markdown(study, "python -m launch.glare_study")
     strong = glare_study.CONDITIONS[3][0]
     assert f"| {strong} | {summary['unassessable_true_mean']:.2f} | {summary['standard']['mae']:.2f} (" in page
+    assert f"AUC of {auc['photo'][0]:.3f}-{auc['photo'][0]:.3f} in the photo" in page
     assert page.rstrip().endswith("Produced by `python -m launch.glare_study`.")
+
+
+def test_analyze_writes_the_unassessable_mask_and_the_checks(tmp_path):
+    """launch.analyze with a glare-aware bundle: unassessable_mask.png at full resolution holds the pixels
+    results.json counts, the ratio leaves them out, and every check is reported with its limit."""
+    import json
+
+    from PIL import Image
+
+    from launch import analyze, export
+
+    seg = _random_lesion(tmp_path, "lesion3", 3)
+    assert export.main(["--workdir", seg.where, "--out", str(tmp_path / "bundle")]) == 0
+    s = synthetic.render(synthetic.make_patient(0, 3), 0, "front", (640, 448))
+    (tmp_path / "in" / "P1" / "0").mkdir(parents=True)
+    Image.fromarray(s.image).save(tmp_path / "in" / "P1" / "0" / "front.png")
+    out = tmp_path / "out"
+    analyze.main(["--model", str(tmp_path / "bundle"), str(tmp_path / "in"), "--out", str(out),
+                  "--face-mask", "ellipse", "--detector", "retinaface"])
+    photo = json.loads((out / "results.json").read_text())["photos"][0]
+    glare = np.asarray(Image.open(out / photo["files"]["unassessable_mask"])) > 0
+    face = np.asarray(Image.open(out / photo["files"]["face_mask"])) > 0
+    lesion = np.asarray(Image.open(out / photo["files"]["lesion_mask"])) > 0
+    assert glare.shape == (640, 448) and glare.sum() == photo["unassessable_pixels"] and not (glare & ~face).any()
+    assert not (glare & lesion).any()
+    if face.sum() > glare.sum():
+        assert photo["ratio"] == pytest.approx(100 * lesion.sum() / (face.sum() - glare.sum()))
+    checks = photo["checks"]
+    assert set(checks) == {c.flag for c in quality.CHECKS}
+    assert checks["head turned"]["value"] == pytest.approx(abs(photo["yaw_deg"]))  # front: 0 expected
+    assert checks["face too small"]["limit"] == 256 and checks["face too small"]["passed"] is False

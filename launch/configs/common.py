@@ -54,3 +54,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = dict(coordinator_address=placeholder(str), num_processes=placeholder(int),
                          process_id=placeholder(int), cpu_collectives=False)
     return c
+
+
+def study_config(dataset_config: str) -> ml_collections.ConfigDict:
+    """The recipe of vitijax's measured comparisons (semi.py, glare.py): DDRNet-23-slim on 160x160 masked
+    crops of ``synthetic_uv_vitiligo/<dataset_config>``, 600 steps of 8, AdamW with a poly decay; small
+    enough that several settings and seeds train in minutes each on a CPU."""
+    c = base_config()
+    c.model.variant = "23-slim"
+    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config=dataset_config)
+    c.input.size = (160, 160)
+    c.loss.min_kept = 20_000  # ~10 % of a batch's pixels, as 100k is of the paper's 1024x1024 crops
+    c.batch_size = 8
+    c.num_steps = 600
+    c.optimizer.update(schedule="poly", warmup_steps=20)
+    c.log_every = 50
+    c.eval_every = 200
+    c.checkpoint_every = 200
+    return c

@@ -18,7 +18,7 @@ For your own folder, put the photos without vitiligo masks in the layout (they b
 ``unlabelled`` split, see BUILD.md) and point ``data`` at ``uv_vitiligo``.
 """
 
-from launch.configs.common import base_config
+from launch.configs.common import study_config
 
 SETTINGS = ("semi", "labelled_only", "all_labelled")
 
@@ -26,18 +26,7 @@ SETTINGS = ("semi", "labelled_only", "all_labelled")
 def get_config(setting: str = "semi"):
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
-    c = base_config()
-    c.model.variant = "23-slim"
-    c.data.update(source="tfds", name="synthetic_uv_vitiligo", config="semi_full" if setting == "all_labelled"
-                  else "semi")
-    c.input.size = (160, 160)
-    c.loss.min_kept = 20_000  # ~10 % of a batch's pixels, as 100k is of the paper's 1024x1024 crops
-    c.batch_size = 8
-    c.num_steps = 600
-    c.optimizer.update(schedule="poly", warmup_steps=20)
-    c.log_every = 50
-    c.eval_every = 200
-    c.checkpoint_every = 200
+    c = study_config("semi_full" if setting == "all_labelled" else "semi")
     if setting == "semi":
         c.task = "lesion_semi"
         c.data.unlabelled_split = "unlabelled"

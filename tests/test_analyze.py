@@ -29,7 +29,7 @@ def test_bundle_holds_every_network_and_refuses_what_it_is_not(bundle, tiny_runs
     assert parts["lesion"][1]["task"] == "lesion" and parts["face_mask"][1]["task"] == "face_mask"
     # every part carries its whole input contract
     assert parts["lesion"][1]["input"] == {"size": [64, 64], "source": "crop", "margin": 0.15, "mask_input": True,
-                                           "normalisation": "imagenet", "detect_long_side": 640}
+                                           "normalisation": "imagenet", "detect_long_side": 640, "unassessable": False}
     assert parts["face_box"][1]["input"]["source"] == "photo" and not parts["face_mask"][1]["input"]["mask_input"]
     assert info["origins"]["lesion"]["config"]["model"]["variant"] == "23-tiny"
     with pytest.raises(CheckpointError, match="a training workdir, not an inference bundle"):

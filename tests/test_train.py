@@ -219,7 +219,7 @@ def test_run_writes_what_a_user_opens(tmp_path, capsys):
     _, meta = load_model(tmp_path / "best")  # what evaluate/analyze need to apply the model
     assert meta["task"] == "lesion" and meta["step"] == 2
     assert meta["input"] == {"size": [64, 64], "source": "crop", "margin": 0.15, "mask_input": True,
-                             "normalisation": "imagenet", "detect_long_side": 640}
+                             "normalisation": "imagenet", "detect_long_side": 640, "unassessable": False}
 
 
 def test_workdir_with_a_best_model_but_no_checkpoint_reruns(tmp_path):
@@ -241,7 +241,7 @@ def test_workdir_with_a_best_model_but_no_checkpoint_reruns(tmp_path):
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     train_and_evaluate(_quiet_config(), str(tmp_path))
     other = _quiet_config()
-    other.model.num_classes = 3
+    other.model.num_classes, other.input.unassessable = 3, True
     with pytest.raises(CheckpointError, match="num_classes: checkpoint has 2, expected 3"):
         train_and_evaluate(other, str(tmp_path))
 

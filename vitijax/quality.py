@@ -55,7 +55,9 @@ class Check:
 # standard synthetic face (skin tone 0.75, exposure 0.85) has a median luma of 38, the same faces at half the
 # exposure 21-36; sharpness in its docstring. The yaw tolerance is half the angle between views; 256 pixels
 # of face width, about 2 per millimetre; clipping and over-exposure as vitijax flagged them before (UV skin
-# is dark: over-exposure clips lesions and highlights long before the face's median nears 215).
+# is dark: over-exposure clips lesions and highlights long before the face's median nears 215). Unassessable
+# share: what glare hides could be all lesion or none, so 3 % of the face hidden leaves the ratio uncertain by
+# up to 3 points; the flag fired on half the strongly glared photos and on none without glare (docs/glare.md).
 CHECKS: tuple[Check, ...] = (
     Check("underexposed", "face_median_luminance", "<", 37, "face median luma below 37 of 255: lesions and skin merge"),
     Check("overexposed", "face_median_luminance", ">", 215, "face median luma above 215 of 255: lesions and skin merge"),
@@ -65,26 +67,25 @@ CHECKS: tuple[Check, ...] = (
     Check("face too small", "face_width_px", "<", 256, "face under 256 pixels wide (under about 2 pixels per "
           "millimetre of a 14 cm face): small lesions are lost"),
     Check("head turned", "yaw_error_deg", ">", 17.5, "head yaw more than 17.5 degrees (half the angle between "
-          "views) from the view's"),
+          "views) from the view's expected yaw"),
     Check("face mask touches the photo edge", "edge_touch", ">", 0, "the face is cut off by the photo's border"),
     Check("unassessable region", "unassessable_share", ">", 0.03, "more than 3 % of the face unassessable (glare)"),
 )
-CHECK_BY_FLAG = {c.flag: c for c in CHECKS}
 # The yaw a view is photographed at, degrees, the subject's left cheek towards the camera positive (as
 # vitijax's synthetic views: 0.62 rad).
 EXPECTED_YAW_DEG = {"front": 0.0, "left": 35.5, "right": -35.5}
 
 
 def run_checks(quality: Mapping[str, float], checks=CHECKS) -> dict[str, dict[str, Any]]:
-    """{flag: {'signal', 'value', 'op', 'limit', 'passed'}} of every check; ``passed`` is None (and value
-    None) when the signal was not measured."""
+    """{flag: {'signal', 'value', 'op', 'limit', 'passed', 'why'}} of every check; ``passed`` is None (and
+    value None) when the signal was not measured."""
     out = {}
     for c in checks:
         v = quality.get(c.signal)
         measured = v is not None and math.isfinite(v)
         failed = measured and (v > c.limit if c.op == ">" else v < c.limit)
         out[c.flag] = {"signal": c.signal, "value": float(v) if measured else None, "op": c.op, "limit": c.limit,
-                       "passed": None if not measured else not failed}
+                       "passed": None if not measured else not failed, "why": c.why}
     return out
 
 

@@ -113,6 +113,14 @@ def test_review_calibration_picks_the_signal_that_separates_large_errors():
     cal = chain.calibrate_review(pair, signals=("glare", "blur"))
     assert cal["rule"] == {"glare": [">", 0.6], "blur": [">", 0.55]}, cal["rule"]
     assert cal["candidates"][0]["false_alarm_small_error"] == 0.0
+    # the quality gate already flags one big error (a failed check): the rule need only catch the other, and
+    # every figure is of the two together
+    gated = [_row(e, band=b) for e, b in ((3.0, 5.0), (-2.5, 0.4), (0.2, 1.0), (0.5, 2.0), (-0.3, 0.5))]
+    gated[1]["flags"] = ["blurred"]
+    cal = chain.calibrate_review(gated, signals=("band",))
+    assert cal["rule"] == {"band": [">", 3.5]} and cal["gate"]["recall_big_error"] == 0.5
+    assert cal["candidates"][0]["recall_big_error"] == 1.0 and cal["candidates"][0]["false_alarm_small_error"] == 0.0
+    assert "or a failed quality check" in cal["why"]
     # nothing to calibrate on: said, not guessed
     assert chain.calibrate_review([_row(0.1, band=1.0)], signals=("band",))["rule"] is None
 

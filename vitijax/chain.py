@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vitijax import face as face_lib
+from vitijax import quality
 from vitijax.evaluate import add_ratio_errors, box_iou, image_row, summarize
 
 
@@ -267,7 +268,10 @@ def calibrate_review(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] =
     flag at least ``min_recall`` of the photos whose F-Vitiligo error exceeds
     :data:`BIG_ERROR_PP`; among those, the one that raises the fewest false
     alarms on photos whose error is below :data:`SMALL_ERROR_PP` wins (a single
-    test before a pair when they tie, then the higher precision).
+    test before a pair when they tie, then the higher precision). "Needs review"
+    is the rule *or* a failed check of the photo quality gate
+    (:mod:`vitijax.quality`), so every figure is of the two together; ``gate``
+    holds the gate's alone.
 
     Returns {'rule': {signal: [op, threshold], ...} or None, 'candidates': the
     best single test of each signal and the best rules overall with their
@@ -295,13 +299,17 @@ def calibrate_review(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] =
     if not tests:
         out["why"] = "no quality signal was recorded for these photos"
         return out
-    f = np.array(fires)  # [tests, photos]
+    checks = {c.flag for c in quality.CHECKS}
+    gate = np.array([any(flag in checks for flag in r.get("flags", [])) for r in rated], bool)
+    f = np.array(fires) | gate[None, :]  # [tests, photos]: a rule fires, or the gate already flags
     need = min_recall * big.sum() - 1e-9
 
     def score(mask):
         return {"recall_big_error": float(mask[big].mean()),
                 "false_alarm_small_error": float(mask[small].mean()) if small.any() else math.nan,
                 "precision": float(big[mask].mean()) if mask.any() else math.nan}
+
+    out["gate"] = score(gate)
 
     rules = []  # (false alarms, size, -precision, [test indices])
     ok = f[:, big].sum(1) >= need
@@ -336,7 +344,8 @@ def calibrate_review(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] =
     out["rule"] = best["rule"]
     out["candidates"] = [best] + list(per_signal.values())
     text = " or ".join(f"{k} {op} {t:g}" for k, (op, t) in best["rule"].items())
-    out["why"] = (f"{text} flags {100 * best['recall_big_error']:.0f} % of the {int(big.sum())} photos with an error "
+    out["why"] = (f"{text}, or a failed quality check, flags {100 * best['recall_big_error']:.0f} % of the "
+                  f"{int(big.sum())} photos with an error "
                   f"above {BIG_ERROR_PP:g} pp and {100 * best['false_alarm_small_error']:.0f} % of the "
                   f"{int(small.sum())} below {SMALL_ERROR_PP:g} pp")
     return out

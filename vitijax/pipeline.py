@@ -281,7 +281,8 @@ class Analyzer:
         on_face = face > 0
         if probs.shape[-1] > 2:  # glare-aware: every class at the crop's size (the one decision needs all)
             full = resize_host(probs, hw)
-            p_lesion = full[..., 1]
+            # lesion against skin, the choice foreground makes on assessable pixels: the uncertainty signals
+            p_lesion = full[..., 1] / np.maximum(full[..., 0] + full[..., 1], 1e-12)
             glare = unassessable(full) & on_face
             lesion = foreground(full) & on_face
             del full
@@ -306,13 +307,17 @@ class Analyzer:
         # Quality, measured on the face only.
         pixels = crop[on_face]
         lo, hi = QUALITY["uncertain_band"]
-        p_face = p_lesion[on_face]
+        p_face = p_lesion[on_face if glare is None else on_face & ~glare]  # where the ratio is counted
+
+        def share(sel):  # NaN when glare left nothing to count
+            return float(sel.mean()) if sel.size else math.nan
+
         q = {"face_median_luminance": float(np.median(quality_lib.luma(pixels))),
              "saturated_share": float((pixels.max(axis=1) >= QUALITY["saturated_level"]).mean()),
-             "uncertain_share": float(((p_face > lo) & (p_face < hi)).mean()),
+             "uncertain_share": share((p_face > lo) & (p_face < hi)),
              # how far the ratio would move if the decision threshold moved from 0.5 to 0.25 or 0.75: pixels
              # the network is unsure of, in percentage points of the face
-             "ratio_band_pp": float(100.0 * ((p_face > 0.25) & (p_face <= 0.75)).mean()),
+             "ratio_band_pp": 100.0 * share((p_face > 0.25) & (p_face <= 0.75)),
              "sharpness": quality_lib.sharpness(crop, face)}
         if glare is not None:
             q["unassessable_share"] = res.unassessable_pixels / res.face_pixels

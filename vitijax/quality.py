@@ -107,10 +107,13 @@ def luma(pixels: np.ndarray) -> np.ndarray:
 
 def sharpness(crop: np.ndarray, face: np.ndarray) -> float:
     """Fine-to-coarse Laplacian energy of the face (see the module docstring); ``crop`` [h, w, 3] uint8,
-    ``face`` [h, w] {0, 1}. NaN when too little face is left to measure."""
+    ``face`` [h, w] {0, 1}. NaN (not measured) when the crop is smaller than :data:`SHARPNESS_SIDE` (an
+    enlarged crop would read blurred whatever its focus) or too little face is left to measure."""
     import cv2
 
     s = SHARPNESS_SIDE
+    if min(crop.shape[:2]) < s:
+        return math.nan
     y = cv2.resize(luma(crop), (s, s), interpolation=cv2.INTER_AREA)
     f = cv2.resize(face.astype(np.uint8), (s, s), interpolation=cv2.INTER_NEAREST)
     inner = cv2.erode(f, np.ones((int(0.04 * s) | 1,) * 2, np.uint8)) > 0  # the outline is an edge at any focus

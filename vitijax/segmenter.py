@@ -39,6 +39,20 @@ from vitijax.metrics import foreground
 from vitijax.resize import resize_host
 
 
+def _keep_lesion_any_member_sees(stack: np.ndarray) -> np.ndarray:
+    """TTA of a glare-aware network: members' probabilities [m, h, w, 3] -> [h, w, 3]. Unassessable is the
+    members' mean (a member that calls a pixel glare must not hide a lesion another one sees); skin against
+    lesion is the member with the largest lesion-over-skin margin, rescaled to the rest of the pixel's
+    probability, so :func:`metrics.foreground` reads lesion wherever any member does."""
+    glare = stack[..., 2].mean(0)
+    margin = stack[..., 1] - stack[..., 0]
+    pick = np.argmax(margin, axis=0)[None, ..., None]
+    chosen = np.take_along_axis(stack, pick, axis=0)[0]
+    lesion_share = chosen[..., 1] / np.maximum(chosen[..., 0] + chosen[..., 1], 1e-12)
+    rest = 1.0 - glare
+    return np.stack([rest * (1 - lesion_share), rest * lesion_share, glare], -1).astype(np.float32)
+
+
 class Segmenter:
     """A DDRNet and how to feed it (its input contract, :mod:`vitijax.contract`). ``expect`` ("lesion" or
     "face_mask") refuses a network of another task; ``where`` names the checkpoint in messages."""
@@ -97,6 +111,9 @@ class Segmenter:
             # Per pixel, the member that sees the least background: a lesion any member sees is kept
             # (measured: the lesion network misses lesions far more than it invents them, and every
             # augmented member misses more, so averaging adds their misses instead of cancelling noise).
+            if stack.shape[-1] > 2:  # glare-aware: lesion against skin as above, glare by the members' mean
+                result.append((_keep_lesion_any_member_sees(stack), stack[..., 1].std(0)))
+                continue
             pick = np.argmin(stack[..., 0], axis=0)[None, ..., None]
             result.append((np.take_along_axis(stack, pick, axis=0)[0], stack[..., 1].std(0)))
         return result

@@ -16,11 +16,12 @@ steps and batch:
   truth beneath says;
 * ``standard``: ``blind`` trained on ``glare_standard``, the same patients with only the standard
   highlights: the lesion network as it was before glare was handled (the "before" of docs/glare.md);
-* ``painted``: ``unassessable`` trained on ``glare_standard`` with highlights painted on half of the
-  crops (``augment.highlights``, :func:`vitijax.data.pipeline.paint_highlights`) as its only glare:
-  the way to a glare-aware network on a data set whose glare nobody annotated.
+* ``painted``: three classes trained on ``glare_standard`` (which stores no glare truth) with
+  highlights painted on half of the crops (``augment.highlights``,
+  :func:`vitijax.data.pipeline.paint_highlights`) as its only glare: the way to a glare-aware network
+  on a data set whose glare nobody annotated.
 
-``python -m launch.glare_study`` trains both and writes docs/glare.md (the robustness table).
+``python -m launch.glare_study`` trains all four and writes docs/glare.md (the robustness table).
 """
 
 from launch.configs.common import study_config

@@ -44,7 +44,7 @@ from vitijax.report.figures import VIEW_ORDER, plt
 from vitijax.report.overlay import GREEN, MAGENTA, YELLOW, fit_height, grid, outlines
 
 COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "needs_review", "review_reasons",
-           "change_pp", "repigmentation_pct", "repigmentation_note", "face_pixels", "vitiligo_pixels", "face_box", "box_score", "flags", "face_median_luminance",
+           "change_pp", "repigmentation_pct", "repigmentation_note", "face_pixels", "vitiligo_pixels", "unassessable_pixels", "face_box", "box_score", "flags", "face_median_luminance",
            "saturated_share", "uncertain_share", "mean_uncertainty", "height", "width", "outputs")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -240,9 +240,10 @@ def write_patient(out: str, patient: str, rows: list[dict[str, Any]]) -> str:
 <h1>Patient {e(patient)}</h1><img src="timeline.png" alt="F-Vitiligo over visits">{ba}
 <h2>Photos</h2><table><tr><th>visit</th><th>view</th><th>file</th><th>F-Vitiligo (%)</th>
 <th>change from first visit (pp)</th><th>repigmentation (%)</th><th>flags</th><th>overlay</th></tr>{body}</table>
-<small>F-Vitiligo = vitiligo pixels / face pixels at full resolution. Repigmentation = share of the first visit's
+<small>F-Vitiligo = vitiligo pixels / face pixels at full resolution (a glare-aware network leaves the face pixels it
+cannot assess out of both). Repigmentation = share of the first visit's
 F-Vitiligo that is gone, given only from a first visit of at least {REPIGMENTATION_FLOOR_PP:g} % (below it the
-change in percentage points is the figure to read). Overlays: face outline yellow, predicted vitiligo green.</small></body></html>"""
+change in percentage points is the figure to read). Overlays: face outline yellow, predicted vitiligo green, unassessable (glare) hatched magenta.</small></body></html>"""
     path = os.path.join(d, "report.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write(doc)

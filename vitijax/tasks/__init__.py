@@ -76,4 +76,11 @@ def load(meta: Mapping[str, Any], where: str, expect: str | None = None):
     stored = meta.get("input")
     if stored and "source" not in stored:  # saved by vitijax 0.2, before the contract: the task's own kind of input
         stored = {**task.contract({"size": stored["size"]}).to_meta(), **stored}
-    return task, task.build_model(meta), InputContract.from_meta(stored, where)
+    contract = InputContract.from_meta(stored, where)
+    classes = meta.get("num_classes")
+    if name.startswith("lesion") and classes is not None and int(classes) != (3 if contract.unassessable else 2):
+        # the decision reads class 2 as "cannot be assessed" only in a network trained to mean it
+        raise CheckpointError(f"{where}: a lesion network with {classes} classes and input.unassessable="
+                              f"{contract.unassessable}; vitijax's lesion networks have 2 classes (skin, vitiligo), "
+                              "or 3 with the unassessable (glare) class: fine-tune it with launch.train first")
+    return task, task.build_model(meta), contract

@@ -78,12 +78,13 @@ def eval_step(variables, batch: Mapping[str, jax.Array], *, model: DDRNet) -> di
     label, region = batch["label"], batch["face"]
     extra = {}
     if probs.shape[-1] > metrics.UNASSESSABLE:
-        # A glare-aware network: lesions are scored where both the truth and the network call the skin
-        # assessable; the unassessable class is scored against the truth inside the face.
+        # A glare-aware network: lesions are scored on the face the truth calls assessable, where a pixel the
+        # network calls unassessable counts as "not lesion" (leaving those out too would reward calling hard
+        # lesions glare, and the best model is chosen on this Dice); the unassessable class is scored against
+        # the truth inside the face.
         un_pred, un_true = metrics.unassessable(probs), label == metrics.UNASSESSABLE
         extra["unassessable"] = metrics.confusion_counts(un_pred, un_true.astype(label.dtype), region)
         label = jnp.where(un_true, 255, label)
-        region = region * (~un_pred).astype(region.dtype)
     return {"face": metrics.confusion_counts(pred, label, region),
             "crop": metrics.confusion_counts(pred, label), "pred": pred.astype(jnp.uint8),
             "valid": batch["valid"], "index": batch["index"], **extra}

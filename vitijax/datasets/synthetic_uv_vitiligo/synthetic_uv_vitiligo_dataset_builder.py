@@ -10,8 +10,9 @@ semi-supervised training ``semi`` (6 labelled training patients, 40 in an
 ``unlabelled`` split whose lesion masks no run reads) and ``semi_full`` (the
 same 46 all labelled, the same held-out patients), and ``glare`` (every photo
 with a glare gain drawn from none to strong, ``synthetic.GLARE``) with its twin
-``glare_standard`` (the same patients, standard highlights). Every
-config stores the unassessable (glare) truth beside the masks. Splits are by
+``glare_standard`` (the same patients, standard highlights, and no glare truth,
+as a clinic's own data). Every other config stores the unassessable (glare)
+truth beside the masks. Splits are by
 patient: train / validation / test (/ unlabelled).
 """
 
@@ -40,6 +41,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     test_fraction: float = 0.15
     labelled_patients: int | None = None  # keep the labels of this many training patients; the rest: "unlabelled"
     glare: tuple[float, float] | None = None  # a glare gain per photo drawn from this range (synthetic.Acquisition)
+    glare_truth: bool = True  # store the unassessable (glare) truth; False: as a clinic's data, none annotated
 
 
 class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
@@ -67,12 +69,12 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
         SyntheticConfig(name="glare", description="40 patients x 2 visits x 3 views at 384x256, glare gain 0-3 per "
                         "photo (none to strong)", photo_size=(384, 256), patients=40, visits=2, glare=(0.0, 3.0)),
         SyntheticConfig(name="glare_standard", description="the glare config's 40 patients with the standard "
-                        "highlights only (what lesion networks were trained on before)", photo_size=(384, 256),
-                        patients=40, visits=2),
+                        "highlights only (what lesion networks were trained on before) and, as a clinic's own "
+                        "data, no glare truth", photo_size=(384, 256), patients=40, visits=2, glare_truth=False),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(features=tfds_io.features(unassessable=True), supervised_keys=None,
+        return self.dataset_info_from_configs(features=tfds_io.features(unassessable=self.builder_config.glare_truth), supervised_keys=None,
                                               metadata=tfds_io.info_metadata(self.builder_config, "synthetic truth"))
 
     def _split_generators(self, dl_manager):
@@ -98,5 +100,5 @@ class Builder(tfds_io.QuietBuilder, tfds.core.GeneratorBasedBuilder):
                     ex = make_example(s.image, s.face_mask, lesion, patient=s.patient_id, visit=visit,
                                       view=view, source_file=f"synthetic:{c.name}:seed{c.seed}",
                                       face_box=s.face_box, max_side=c.max_side, margin=c.crop_margin,
-                                      unassessable_mask=s.unassessable_mask)
+                                      unassessable_mask=s.unassessable_mask if c.glare_truth else None)
                     yield f"{s.patient_id}_v{visit}_{view}", tfds_io.encode(ex)

@@ -40,19 +40,20 @@ SETTINGS = ("standard", "blind", "painted", "unassessable")  # the table's order
 GLARE_AWARE = ("painted", "unassessable")
 
 
-def specular_free_auc(patients: int) -> dict[str, list[float]]:
+STRONG = CONDITIONS[3][0]  # its front photos serve the pre-step measure and the picture too
+
+
+def specular_free_auc(fronts) -> dict[str, list[float]]:
     """Whether a classical reflectance-separation pre-step could help: the specular-free image of the
     dichromatic model (each pixel minus its smallest channel, which removes a white specular component)
     against the photo, by how well luma tells lesion from normal skin (AUC, 1 = perfectly; pixels of
-    neither glare nor another class), on the strongly glared front photos of the study's patients."""
+    neither glare nor another class), on ``fronts``: the strongly glared front photos of the study."""
     from scipy.stats import mannwhitneyu
 
-    from vitijax.data import synthetic
     from vitijax.quality import luma
 
     out: dict[str, list[float]] = {"photo": [], "specular-free": []}
-    for i in range(patients):
-        s = synthetic.render(synthetic.make_patient(SEED, i), 0, "front", SIZE, synthetic.Acquisition(glare=(3.0, 3.0)))
+    for s in fronts:
         face, glare = s.face_mask > 0, s.unassessable_mask > 0
         lesion, skin = face & (s.vitiligo_mask > 0) & ~glare, face & (s.vitiligo_mask == 0) & ~glare
         img = s.image.astype(np.float32)
@@ -106,17 +107,15 @@ def analyse(analyzers: dict, s) -> dict:
     the checks that failed."""
     from vitijax.chain import score_photo
 
-    face = s.face_mask > 0
-    true_un = 100.0 * float((s.unassessable_mask > 0)[face].mean())
     out = {}
     for setting, analyzer in analyzers.items():
         res = analyzer([s.image], [s.face_mask], boxes=[s.face_box], views=[s.view])[0]
         row = score_photo(0, {"patient": s.patient_id, "visit": s.visit, "view": s.view}, res, s.face_mask,
-                          s.vitiligo_mask)
+                          s.vitiligo_mask, s.unassessable_mask)
         out[setting] = {"ratio_true": row["ratio_true"], "ratio_pred": row["ratio_pred"],
                         "error": row["ratio_error"], "dice": row["dice"],
-                        "unassessable_true_pct": true_un,
-                        "unassessable_pred_pct": 100.0 * res.quality.get("unassessable_share", 0.0),
+                        "unassessable_true_pct": row["unassessable_true_pct"],
+                        "unassessable_pred_pct": row["unassessable_pred_pct"],
                         "failed": [f for f, r in res.checks.items() if r["passed"] is False],
                         "quality": {k: res.quality[k] for k in ("sharpness", "face_median_luminance",
                                                                 "saturated_share") if k in res.quality}}
@@ -145,7 +144,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def markdown(study: dict, command: str) -> str:
     b = study["by_condition"]
-    free, strong = b[CONDITIONS[0][0]], b[CONDITIONS[3][0]]
+    free, strong = b[CONDITIONS[0][0]], b[STRONG]
     lines = ["# Glare and photo quality: measured", "",
              "Made by the command at the end on the machine that ran it; do not edit by hand. "
              f"{study['photos_per_condition']} photos per condition ({study['patients']} new synthetic patients x "
@@ -205,22 +204,16 @@ def flag_study(study: dict) -> dict:
             "flagged_mae": {s: mean(True, s) for s in SETTINGS}, "quiet_mae": {s: mean(False, s) for s in SETTINGS}}
 
 
-def picture(analyzers: dict, path: str, patients: int) -> None:
-    """The strongest-glared front photo of the study: crop, truth, and the overlays of three networks."""
+def picture(analyzers: dict, path: str, fronts) -> None:
+    """The most glared of ``fronts`` (the study's strongly glared front photos): crop, truth, and the
+    overlays of three networks."""
     from PIL import Image
 
-    from vitijax.data import synthetic
     from vitijax.pipeline import PhotoResult
     from vitijax.report.followup import overlay
     from vitijax.report.overlay import grid
 
-    best = None
-    for i in range(patients):
-        s = synthetic.render(synthetic.make_patient(SEED, i), 0, "front", SIZE, synthetic.Acquisition(glare=(3.0, 3.0)))
-        share = float(s.unassessable_mask[s.face_mask > 0].mean())
-        if best is None or share > best[0]:
-            best = (share, s)
-    s = best[1]
+    s = max(fronts, key=lambda p: float(p.unassessable_mask[p.face_mask > 0].mean()))  # first of equals, as before
     res = {k: a([s.image], [s.face_mask], boxes=[s.face_box])[0] for k, a in analyzers.items()}
     truth = PhotoResult(*s.image.shape[:2], crop_box=res["unassessable"].crop_box, face_mask=s.face_mask,
                         lesion_mask=s.vitiligo_mask & s.face_mask, unassessable_mask=s.unassessable_mask)
@@ -249,10 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     analyzers = {s: Analyzer(Segmenter.load(d, expect="lesion"), face_mask.make("ground_truth")) for s, d in dirs.items()}
     study = {"patients": a.patients, "photos_per_condition": 3 * a.patients, "by_condition": {}, "rows": {}}
     start, done, total = time.perf_counter(), 0, len(CONDITIONS) * 3 * a.patients
+    fronts = []  # the strongly glared front photos, rendered once
     for name, condition in CONDITIONS:
         rows = []
         for s in photos(condition, a.patients):
             rows.append(analyse(analyzers, s))
+            if name == STRONG and s.view == "front":
+                fronts.append(s)
             done += 1
             rate = done / (time.perf_counter() - start)
             print(f"\r{done}/{total} photos | {rate:.2f} photos/s | ETA {(total - done) / rate:.0f} s", end="",
@@ -261,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         study["by_condition"][name], study["rows"][name] = summary, rows
     print(file=sys.stderr)
     study["unassessable_flag"] = flag_study(study)
-    study["specular_free_auc"] = specular_free_auc(a.patients)
+    study["specular_free_auc"] = specular_free_auc(fronts)
     command = "python -m launch.glare_study " + " ".join(argv if argv is not None else sys.argv[1:])
     study["command"] = command
     page = markdown(study, command)
@@ -272,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.markdown, "w") as f:
             f.write(page)
     if a.picture:
-        picture(analyzers, a.picture, a.patients)
+        picture(analyzers, a.picture, fronts)
     print(page)
     return 0
 

@@ -255,7 +255,7 @@ def test_glare_study_rows_and_table_add_up(tmp_path):
     for name, _ in glare_study.CONDITIONS:
         study["rows"][name], study["by_condition"][name] = rows, summary
     study["unassessable_flag"] = glare_study.flag_study(study)
-    study["specular_free_auc"] = auc = glare_study.specular_free_auc(1)
+    study["specular_free_auc"] = auc = glare_study.specular_free_auc([photos[0]])
     assert auc["photo"][0] > 0.95 and auc["specular-free"][0] < 0.5  # the pre-step inverts patient 0's lesions
     assert study["unassessable_flag"]["photos"] == 2 * len(glare_study.CONDITIONS)
     page = glare_study.markdown(study, "python -m launch.glare_study")

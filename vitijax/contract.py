@@ -65,6 +65,12 @@ class InputContract:
         if self.normalisation not in ("imagenet", "retinaface"):
             raise ValueError(f"normalisation must be 'imagenet' or 'retinaface', got {self.normalisation!r}")
 
+    @property
+    def lesion_classes(self) -> int:
+        """The class count of a lesion network with this contract: skin and vitiligo, and unassessable
+        when it has that class. Training and loading both hold a lesion network to it."""
+        return 3 if self.unassessable else 2
+
     def to_meta(self) -> dict[str, Any]:
         """JSON-ready (lists, not tuples: what a JSON round trip gives back, so stored == read)."""
         return {**dataclasses.asdict(self), "size": list(self.size)}

@@ -109,7 +109,7 @@ def configure(config):
     aug = Augment(**config.augment)  # Augment makes scale_range a tuple
     contract = task.contract(config.input)
     classes = int(config.model.get("num_classes", 2))
-    if task.NAME.startswith("lesion") and classes != (3 if contract.unassessable else 2):
+    if task.NAME.startswith("lesion") and classes != contract.lesion_classes:
         raise ValueError(f"config.input.unassessable={contract.unassessable} with config.model.num_classes={classes}: "
                          "a lesion network with the unassessable (glare) class has 3 classes (skin, vitiligo, "
                          "unassessable), one without it 2")

@@ -411,9 +411,7 @@ def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glar
         sz *= spread
         spec += rc.uniform(0.3, 1.0) * np.exp(-_ellipse(az, el, (sa + jitter[0], se + jitter[1]), (sz, sz * 0.7)))
     spec *= p.highlight * facing**6 * on_head
-    if glare != 1.0:  # the standard photo's arithmetic untouched
-        spec *= glare
-    spec = np.clip(spec, 0, 0.95)
+    spec = np.clip(spec * glare, 0, 0.95)  # x 1.0 is exact: the standard photos are unchanged
     img = img + (np.asarray([235, 238, 255], np.float32) - img) * spec[..., None]
 
     vitiligo = label & face & ~brows

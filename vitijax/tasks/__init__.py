@@ -78,7 +78,7 @@ def load(meta: Mapping[str, Any], where: str, expect: str | None = None):
         stored = {**task.contract({"size": stored["size"]}).to_meta(), **stored}
     contract = InputContract.from_meta(stored, where)
     classes = meta.get("num_classes")
-    if name.startswith("lesion") and classes is not None and int(classes) != (3 if contract.unassessable else 2):
+    if name.startswith("lesion") and classes is not None and int(classes) != contract.lesion_classes:
         # the decision reads class 2 as "cannot be assessed" only in a network trained to mean it
         raise CheckpointError(f"{where}: a lesion network with {classes} classes and input.unassessable="
                               f"{contract.unassessable}; vitijax's lesion networks have 2 classes (skin, vitiligo), "

@@ -19,11 +19,21 @@ photo is listed with the reason (ratio undefined) and the rest is analysed.
 ``--tta`` runs the lesion network on the crop and its mirror image, keeps a
 lesion either sees (see ``vitijax/segmenter.py`` for the measurement behind
 this), and writes a per-pixel uncertainty map.
+
+Whole archives: reading and decoding the next photos and writing the last
+ones' pictures overlap the networks (:func:`analyze_stream`), and
+``--processes N`` shares the photos among N processes on this machine, each
+on its share of the cores, as one JAX cluster whose process 0 writes the one
+report; on several hosts, start one process per host with ``--coordinator
+HOST:PORT --num-processes N --process-id I`` and a shared ``--out``
+(:mod:`vitijax.cluster`). The results do not depend on how many processes
+there are, nor on which photos share a batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -39,12 +49,13 @@ def build_analyzer(a):
     from vitijax.segmenter import Segmenter
 
     parts, info = load_bundle(a.model)
-    lesion = Segmenter(*parts["lesion"], where=f"{a.model} (lesion)", expect="lesion")
+    batch = getattr(a, "batch_size", 1)
+    lesion = Segmenter(*parts["lesion"], where=f"{a.model} (lesion)", expect="lesion", batch_size=batch)
     mask_kind = a.face_mask or ("network" if "face_mask" in parts else "ellipse")
     if mask_kind == "network" and "face_mask" not in parts:
         raise ValueError(f"{a.model}: the bundle has no face-mask network; export one with "
                          "launch.export --face-mask-workdir, or choose --face-mask ellipse")
-    seg = Segmenter(*parts["face_mask"], where=f"{a.model} (face mask)", expect="face_mask") \
+    seg = Segmenter(*parts["face_mask"], where=f"{a.model} (face mask)", expect="face_mask", batch_size=batch) \
         if mask_kind == "network" else None
     detector = a.detector
     if detector == "auto":
@@ -68,17 +79,14 @@ def build_analyzer(a):
                       "networks": nets, "face_mask": mask_kind, "detector": detector, "crop_margin": analyzer.margin}
 
 
-def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):
-    """Rows of one batch of PhotoInputs: read, analyse, write. One bad photo never stops the others.
-
-    ``on_result(inp, photo, result, row)`` is called for every photo that was analysed (the chain
-    evaluator scores it there, on exactly what ``analyze`` computed). Reasons do not repeat the path:
-    the row's ``file`` holds it."""
+def read_inputs(batch, needs_truth):
+    """(rows, loaded): a row per PhotoInput of ``batch`` (status "failed" with the reason where the photo, or
+    its annotated face mask when ``needs_truth``, cannot be read) and (input, row, photo [h, w, 3] uint8,
+    face mask [h, w] {0, 1} or None) of each photo that was read. Reasons do not repeat the path: the row's
+    ``file`` holds it."""
     from vitijax.data.io import ImageReadError, read_mask, read_photo
-    from vitijax.pipeline import RATIO_UNDEFINED
-    from vitijax.report.followup import write_photo
 
-    rows, photos, truths, keep = [], [], [], []
+    rows, loaded = [], []
     for inp in batch:
         row = {"patient": inp.patient, "visit": inp.visit, "view": inp.view, "file": inp.path, "status": "failed",
                "reason": "", "ratio": math.nan, "flags": [], "files": {}}
@@ -96,31 +104,37 @@ def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):
         except (OSError, ValueError) as e:
             row["reason"] = str(e)
             continue
-        photos.append(photo)
-        truths.append(truth)
-        keep.append((inp, row))
-    if not photos:
-        return rows
+        loaded.append((inp, row, photo, truth))
+    return rows, loaded
+
+
+def analyze_loaded(analyzer, loaded, needs_truth, on_result=None):
+    """Analyses photos from :func:`read_inputs` as one batch; fills their rows (summary, status, reason) and
+    returns (input, row, photo, result) of each analysed one. One photo's failure never stops the others.
+
+    ``on_result(inp, photo, result, row)`` is called for every photo analysed, before its pictures are
+    written (the chain evaluator scores it there, on exactly what ``analyze`` computed)."""
+    from vitijax.pipeline import RATIO_UNDEFINED
+
+    if not loaded:
+        return []
+    photos = [photo for _, _, photo, _ in loaded]
+    truths = [truth for _, _, _, truth in loaded] if needs_truth else None
     try:
-        results = analyzer(photos, truths if needs_truth else None, views=[inp.view for inp, _ in keep])
+        results = analyzer(photos, truths, views=[inp.view for inp, _, _, _ in loaded])
     except Exception:  # noqa: BLE001  one photo's failure must not take the batch: retry one by one
         results = []
-        for photo, truth, (inp, row) in zip(photos, truths, keep):
+        for inp, row, photo, truth in loaded:
             try:
                 results.append(analyzer([photo], [truth] if needs_truth else None, views=[inp.view])[0])
             except Exception as e:  # noqa: BLE001
                 row["reason"] = f"analysis failed: {type(e).__name__}: {e}"
                 results.append(None)
-    for photo, (inp, row), res in zip(photos, keep, results):
+    analysed = []
+    for (inp, row, photo, _), res in zip(loaded, results):
         if res is None:
             continue
         row.update(res.summary())
-        try:
-            row["files"] = write_photo(out, inp, photo, res)
-        except OSError as e:
-            row["reason"] = f"could not write its outputs: {e}"
-            continue
-        row["outputs"] = row["files"]["outputs"]
         if math.isfinite(res.ratio):
             row["status"] = "ok"
         else:
@@ -128,6 +142,77 @@ def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):
             row["reason"] = "ratio undefined: " + "; ".join(f for f in res.flags if f in RATIO_UNDEFINED)
         if on_result is not None:
             on_result(inp, photo, res, row)
+        analysed.append((inp, row, photo, res))
+    return analysed
+
+
+def write_outputs(out, analysed) -> None:
+    """Writes the pictures of each (input, row, photo, result) of :func:`analyze_loaded` and puts their paths in
+    the row; a photo whose pictures cannot be written is "failed", with the reason."""
+    from vitijax.report.followup import write_photo
+
+    for inp, row, photo, res in analysed:
+        try:
+            row["files"] = write_photo(out, inp, photo, res)
+        except OSError as e:
+            row.update(status="failed", reason=f"could not write its outputs: {e}")
+            continue
+        row["outputs"] = row["files"]["outputs"]
+
+
+def analyze_batch(analyzer, batch, out, needs_truth, on_result=None):
+    """Rows of one batch of PhotoInputs: read, analyse, write, one after the other (see :func:`analyze_stream`
+    for many photos)."""
+    rows, loaded = read_inputs(batch, needs_truth)
+    write_outputs(out, analyze_loaded(analyzer, loaded, needs_truth, on_result))
+    return rows
+
+
+def analyze_stream(analyzer, inputs, out, needs_truth, batch_size, on_result=None, who=""):
+    """Rows of ``inputs`` (PhotoInputs), in their order, analysed ``batch_size`` photos at a time.
+
+    Reading and decoding overlap the networks: while one batch is analysed, a thread reads the next and
+    another writes the previous one's pictures (PNG and JPEG coding release Python's lock, so on two cores
+    they run beside XLA). At most three batches of photos are in memory. After each batch a progress line
+    goes to stderr (``who`` in front: which process), with photos/s and ETA, and the reason of every photo
+    of it that got no ratio."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vitijax.run_log import format_seconds
+
+    batches = [inputs[s:s + batch_size] for s in range(0, len(inputs), batch_size)]
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+
+    def report(batch_rows):
+        rows.extend(batch_rows)
+        for r in batch_rows:
+            if r["status"] != "ok":
+                print(f"  {r['file']}: {r['reason'] or r['status']}", file=sys.stderr, flush=True)
+        done = len(rows)
+        rate = done / (time.perf_counter() - t0)
+        print(f"{who}photo {done}/{len(inputs)} ({100 * done / len(inputs):.0f}%)  {rate:.2f} photos/s  "
+              f"ETA {format_seconds((len(inputs) - done) / rate if rate > 0 else math.nan)}", file=sys.stderr,
+              flush=True)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        ahead = reader.submit(read_inputs, batches[0], needs_truth) if batches else None
+        writing = None  # (rows, future) of the batch whose pictures are being written
+        for k in range(len(batches)):
+            batch_rows, loaded = ahead.result()
+            if k + 1 < len(batches):
+                ahead = reader.submit(read_inputs, batches[k + 1], needs_truth)
+            analysed = analyze_loaded(analyzer, loaded, needs_truth, on_result)
+            del loaded
+            if writing is not None:
+                writing[1].result()
+                report(writing[0])
+            writing = (batch_rows, writer.submit(write_outputs, out, analysed))
+            del analysed
+        if writing is not None:
+            writing[1].result()
+            report(writing[0])
     return rows
 
 
@@ -145,46 +230,94 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="test-time augmentation (the mirrored crop; a lesion either "
                    "view sees is kept) and an uncertainty map")
     p.add_argument("--probability", action="store_true", help="also write the lesion probability map")
-    p.add_argument("--batch-size", type=int, default=4, help="photos per network batch")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="photos read and analysed together; the networks always run on batches of this size (the "
+                        "last padded), so the results do not depend on which photos share a batch")
+    p.add_argument("--processes", type=int, default=1,
+                   help="processes on this machine sharing the photos, each on its share of the CPU cores; "
+                        "they form one JAX cluster and process 0 writes the one report")
+    p.add_argument("--coordinator", help="several hosts: HOST:PORT of process 0, with --num-processes and "
+                   "--process-id; every process gets the same photos, options and --out (a shared folder)")
+    p.add_argument("--num-processes", type=int, help="several hosts: processes in the cluster")
+    p.add_argument("--process-id", type=int, help="several hosts: this process's id, 0 .. N-1 (0 writes the report)")
     a = p.parse_intermixed_args(argv)  # photos may come before, between or after the options
     if not a.photos and not a.manifest:
         p.error("give photos, folders or --manifest")
+    if a.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {a.batch_size}")
+    if a.processes < 1:
+        p.error(f"--processes must be at least 1, got {a.processes}")
+    cluster_opts = (a.coordinator, a.num_processes, a.process_id)
+    if any(v is not None for v in cluster_opts) and not all(v is not None for v in cluster_opts):
+        p.error("--coordinator, --num-processes and --process-id go together")
+    if a.num_processes is not None and not 0 <= a.process_id < a.num_processes:
+        p.error(f"--process-id must be 0 .. {a.num_processes - 1}, got {a.process_id}")
 
-    from vitijax import compile_cache
+    from vitijax import cluster
+
+    children = []
+    if a.processes > 1 and a.coordinator is None:  # this process is 0; it starts the others, before JAX starts
+        passed = list(sys.argv[1:] if argv is None else argv)
+        a.coordinator, children = cluster.spawn_local("launch.analyze", passed, a.processes)
+        a.num_processes, a.process_id = a.processes, 0
+    try:
+        return _run(a, children)
+    finally:
+        for child in children:
+            child.wait()
+
+
+def _run(a, children) -> int:
+    from vitijax import cluster, compile_cache
     from vitijax.checkpoint import CheckpointError
     from vitijax.data.photos import find_photos
     from vitijax.report.followup import write_results
-    from vitijax.run_log import format_seconds
 
+    n, pid = a.num_processes or 1, a.process_id or 0
+    who = f"process {pid}/{n}: " if n > 1 else ""
     compile_cache.enable()
     try:
+        if n > 1:
+            cluster.join(a.coordinator, n, pid)
         inputs, problems = find_photos(a.photos, a.manifest)
+        if n > 1:
+            cluster.same_everywhere("photos or options", {
+                "inputs": [dataclasses.astuple(i) for i in inputs],
+                "options": {k: v for k, v in vars(a).items() if k not in ("process_id", "processes")}})
         analyzer, info = build_analyzer(a)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {who}{e}", file=sys.stderr)
         return 2
-    for path, why in problems:
-        print(f"skipped {path}: {why}", file=sys.stderr)
+    if pid == 0:
+        for path, why in problems:
+            print(f"skipped {path}: {why}", file=sys.stderr)
     if not inputs:
         print("error: no photos to analyse", file=sys.stderr)
         return 2
-    print(f"analysing {len(inputs)} photos with {a.model} (lesion {info['networks']['lesion'].get('variant')}, "
-          f"face mask {info['face_mask']}, face box {info['detector']}) -> {a.out}", flush=True)
+    mine = cluster.shard(inputs, n, pid)
+    share = f" ({len(mine)} of them in this process, 1 of {n})" if n > 1 else ""
+    print(f"{who}analysing {len(inputs)} photos{share} with {a.model} (lesion "
+          f"{info['networks']['lesion'].get('variant')}, face mask {info['face_mask']}, face box {info['detector']}) "
+          f"-> {a.out}", flush=True)
     os.makedirs(a.out, exist_ok=True)
-    rows = []
     t0 = time.perf_counter()
-    for start in range(0, len(inputs), a.batch_size):
-        batch = inputs[start:start + a.batch_size]
-        rows += analyze_batch(analyzer, batch, a.out, a.face_mask == "ground_truth")
-        done = len(rows)
-        rate = done / (time.perf_counter() - t0)
-        for r in rows[-len(batch):]:
-            if r["status"] != "ok":
-                print(f"  {r['file']}: {r['reason'] or r['status']}", file=sys.stderr, flush=True)
-        print(f"photo {done}/{len(inputs)} ({100 * done / len(inputs):.0f}%)  {rate:.2f} photos/s  "
-              f"ETA {format_seconds((len(inputs) - done) / rate if rate > 0 else math.nan)}", file=sys.stderr,
-              flush=True)
+    rows = analyze_stream(analyzer, [inp for _, inp in mine], a.out, a.face_mask == "ground_truth", a.batch_size,
+                          who=who)
+    if n > 1:
+        cluster.hand_in(a.out, pid, [(i, r) for (i, _), r in zip(mine, rows)])
+        if pid != 0:
+            print(f"{who}{len(rows)} photos done; process 0 writes the report", flush=True)
+            cluster.leave()
+            return 0
+        try:
+            rows = cluster.collect(a.out, n, children)
+        except RuntimeError as e:
+            print(f"error: {e}; the photos it had are not in the report", file=sys.stderr)
+            return 1
+        cluster.leave()
+    seconds = time.perf_counter() - t0
     paths = write_results(a.out, rows, problems, info)
+    print(f"{len(rows)} photos in {seconds:.1f} s: {len(rows) / seconds:.2f} photos/s with {n} process(es)", flush=True)
     print(summary_line(rows, problems) + f"  Report: {paths['index']}  Table: {paths['csv']}")
     # Non-zero when nothing got a ratio: a script or a person must not mistake an empty analysis for a result.
     return 0 if any(r["status"] == "ok" for r in rows) else 1

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
+from typing import Sequence
 
 # Official conv MACs at 1024x2048 (nc=19, no aux), from the project's reference notes.
 GMAC_1024x2048 = {"23-slim": 36.28, "23": 143.06, "39": 281.12}
@@ -56,11 +58,38 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * n**3 / med / 1e9
 
 
-def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) -> list[dict]:
+def _paired_medians(fns: dict, repeats: int) -> dict[str, tuple[float, list[float]]]:
+    """Each of ``fns`` timed once per round, in turn, ``repeats`` rounds: {name: (median s, times)}. Taking
+    turns puts both sides of a ratio under the same load of a shared machine."""
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), v) for k, v in times.items()}
+
+
+def torch_threads() -> int | None:
+    """PyTorch's intra-op threads for the PyTorch rows (as many as the cores this process may use, XLA's own
+    count), or None when torch is not installed (the rows are then left out)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",), with_torch: bool = False) -> list[dict]:
     """Eval-forward rows at each (b, h, w) of ``sizes``, then a 4x512x512 train-step row per dtype.
 
     bfloat16 computes activations in bfloat16 with float32 parameters, batch
-    statistics and loss (``model.dtype`` of the training config).
+    statistics and loss (``model.dtype`` of the training config). ``with_torch``: each float32 row is
+    timed in turns with PyTorch eager running the same work (:mod:`vitijax.models.torch_ddrnet`: same
+    network, OHEM(main) + 0.4 OHEM(aux), AdamW), which adds a "PyTorch eager" row and gives the vitijax
+    row ``vs_pytorch`` = PyTorch seconds / vitijax seconds (above 1: vitijax is faster).
     """
     import jax
     import jax.numpy as jnp
@@ -73,22 +102,54 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) 
     from vitijax import tasks
     from vitijax.train import compile_steps, create_train_state
 
+    if with_torch:
+        import torch
+
+        from vitijax.models import torch_ddrnet
+
+    def add(rows, what, b, med, times, gflop, first, pair=None):
+        row = {"variant": variant, "what": what, "seconds": med, "images_per_s": b / med, "gflops": gflop / med,
+               "first_call_s": first, "runs": len(times)}
+        if pair is not None:
+            t_med, t_times = pair
+            row["vs_pytorch"] = t_med / med
+            rows.append(row)
+            rows.append({"variant": variant, "what": f"PyTorch eager: {what}", "seconds": t_med,
+                         "images_per_s": b / t_med, "gflops": gflop / t_med, "first_call_s": math.nan,
+                         "runs": len(t_times), "torch_threads": torch.get_num_threads()})
+        else:
+            rows.append(row)
+
     rows = []
     model = DDRNet(variant, 2, aux_head=False)
     variables = init_variables(model, jax.random.key(0))
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    if with_torch:
+        t_model = torch_ddrnet.DDRNet(variant, 2, aux_head=False).eval()
     for b, h, w in sizes:
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((b, h, w, 3)), jnp.float32)
+        x_np = np.random.default_rng(0).standard_normal((b, h, w, 3)).astype(np.float32)
+        x = jnp.asarray(x_np)
         t = time.perf_counter()
         fwd(variables, x).block_until_ready()
         compile_s = time.perf_counter() - t
-        med, times = _median_time(lambda: fwd(variables, x).block_until_ready(), repeats)
+        fns = {"vitijax": lambda: fwd(variables, x).block_until_ready()}
+        if with_torch:
+            x_t = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
+
+            def torch_fwd():
+                with torch.inference_mode():
+                    t_model(x_t)
+
+            torch_fwd()  # warm-up
+            fns["torch"] = torch_fwd
+        med = _paired_medians(fns, repeats)
         gflop = 2 * GMAC_1024x2048[variant] * (h * w) / (1024 * 2048) * b
-        rows.append({"variant": variant, "what": f"eval forward {b}x{h}x{w}", "seconds": med,
-                     "images_per_s": b / med, "gflops": gflop / med, "first_call_s": compile_s,
-                     "runs": len(times)})
+        add(rows, f"eval forward {b}x{h}x{w}", b, *med["vitijax"], gflop, compile_s, med.get("torch"))
     # Train step at 4x512x512 with the trainer's own step (aux head on, OHEM, AdamW).
     c = base_config()
+    r = np.random.default_rng(0)
+    images = r.standard_normal((4, 512, 512, 3)).astype(np.float32)
+    labels = r.integers(0, 2, (4, 512, 512)).astype(np.int32)
     for dtype in train_dtypes:
         c.model.variant, c.model.dtype = variant, dtype
         mesh = sharding.make_mesh(jax.devices()[:1])
@@ -97,9 +158,7 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) 
         tx, sched = make_optimizer(c.optimizer, 1000)
         state = create_train_state(tm, tx, (512, 512), 0, mesh)
         step, _ = compile_steps(lesion, tm, tx, c.loss, sched, mesh)
-        r = np.random.default_rng(0)
-        batch = sharding.global_batch({"image": r.standard_normal((4, 512, 512, 3)).astype(np.float32),
-                                       "label": r.integers(0, 2, (4, 512, 512)).astype(np.int32)}, mesh)
+        batch = sharding.global_batch({"image": images, "label": labels}, mesh)
         holder = {"state": state}
 
         def one():
@@ -109,11 +168,20 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",)) 
         t = time.perf_counter()
         one()
         compile_s = time.perf_counter() - t
-        med, times = _median_time(one, repeats)
+        fns = {"vitijax": one}
+        if with_torch and dtype == "float32":
+            t_train = torch_ddrnet.DDRNet(variant, 2, aux_head=True)
+            t_step = torch_ddrnet.train_step_fn(
+                t_train, torch.optim.AdamW(t_train.parameters()), thresh=c.loss.thresh, min_kept=c.loss.min_kept,
+                ignore_index=c.loss.ignore_index, aux_weight=c.loss.aux_weight)
+            x_t = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+            y_t = torch.from_numpy(labels.astype(np.int64))
+            t_step(x_t, y_t)  # warm-up
+            fns["torch"] = lambda: t_step(x_t, y_t)
+        med = _paired_medians(fns, repeats)
         gflop = 3 * 2 * GMAC_1024x2048[variant] * (512 * 512) / (1024 * 2048) * 4  # forward + ~2x for backward
         what = "train step 4x512x512" + ("" if dtype == "float32" else f" {dtype}")
-        rows.append({"variant": variant, "what": what, "seconds": med, "images_per_s": 4 / med,
-                     "gflops": gflop / med, "first_call_s": compile_s, "runs": len(times)})
+        add(rows, what, 4, *med["vitijax"], gflop, compile_s, med.get("torch"))
     return rows
 
 
@@ -229,6 +297,49 @@ def bench_analyze(repeats: int) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def bench_archive(bundle: str, photos_dir: str, out_dir: str, processes: Sequence[int], repeats: int,
+                  batch_size: int = 4) -> dict:
+    """``launch.analyze`` over a folder of full-resolution photos, whole commands, with each process count
+    of ``processes`` in turn for ``repeats`` rounds: wall seconds and photos/s (median), and whether every
+    count gave the same results (each photo's ratio, flags and the bytes of its mask PNGs) as the first."""
+    import csv
+    import hashlib
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def results(out):
+        with open(os.path.join(out, "results.csv")) as f:
+            rows = {r["file"]: (r["ratio"], r["flags"], r["status"]) for r in csv.DictReader(f)}
+        masks = {}
+        for d, _, files in os.walk(os.path.join(out, "photos")):
+            for name in files:
+                if name.endswith("_mask.png"):
+                    with open(os.path.join(d, name), "rb") as f:
+                        masks[os.path.relpath(os.path.join(d, name), out)] = hashlib.md5(f.read()).hexdigest()
+        return rows, masks
+
+    seconds = {n: [] for n in processes}
+    got = {}
+    for rep in range(repeats):
+        for n in processes:
+            out = os.path.join(out_dir, f"processes{n}")
+            cmd = [sys.executable, "-m", "launch.analyze", "--model", bundle, photos_dir, "--out", out,
+                   "--processes", str(n), "--batch-size", str(batch_size)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+            seconds[n].append(time.perf_counter() - t)
+            if proc.returncode:
+                return {"what": "analyze a folder", "status": f"failed with {n} process(es): {proc.stderr[-500:]}"}
+            got[n] = results(out)
+    first = processes[0]
+    count = len(got[first][0])
+    return {"what": f"launch.analyze over {count} photos", "photos": count, "batch_size": batch_size,
+            "by_processes": {str(n): {"seconds": statistics.median(v), "photos_per_s": count / statistics.median(v),
+                                      "runs": len(v), "same_results_as_1": got[n] == got[first]}
+                             for n, v in seconds.items()}}
+
+
 def bench_face(face_box_dir: str | None, per_view: int, repeats: int) -> dict:
     """Face finders on synthetic photos: recall (IoU >= 0.5 with the true face box) on ``per_view`` photos
     per view at 1024x688, and seconds per full-resolution 2832x4240 photo (median of ``repeats``)."""
@@ -268,7 +379,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also the forward at 1x1024x2048, the paper's speed anchor (default: on a GPU)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="also a bfloat16 train-step row (default: on a GPU)")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
+                   help="PyTorch eager rows timed in turns with vitijax's float32 rows (default: when torch is "
+                        "installed, as with the test extra)")
     p.add_argument("--out", default="benchmark_out/benchmark.json")
+    p.add_argument("--archive", metavar="BUNDLE", help="also time launch.analyze with 1 and 2 processes over "
+                   "--archive-photos synthetic 2832x4240 photos (new patients) with this inference bundle")
+    p.add_argument("--archive-photos", type=int, default=36, help="photos for --archive (3 views each patient)")
     p.add_argument("--face-box", help="a trained face-box network (workdir or checkpoint) for the face rows")
     p.add_argument("--face-photos", type=int,
                    help="synthetic photos per view for the face-finder recall rows (default: skipped; quick: 10)")
@@ -287,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": f"{dev.platform}: {getattr(dev, 'device_kind', '')}", "devices": jax.device_count(),
            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "compilation_cache": cache or "off"}
+    threads = torch_threads() if a.torch is not False else None
+    if a.torch and threads is None:
+        p.error("--torch: PyTorch is not installed (pip install -e '.[torch]')")
+    env["torch_threads"] = threads
     print("  ".join(f"{k}: {v}" for k, v in env.items()), flush=True)
     on_gpu = dev.platform == "gpu"
     sizes = [(4, 512, 512), (1, 1024, 1024)] + ([(1, 1024, 2048)] if (on_gpu if a.wide is None else a.wide) else [])
@@ -299,12 +420,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{'; default precision, TF32 on NVIDIA' if on_gpu else ''})", flush=True)
     rows = []
     for v in variants:
-        for row in bench_variant(v, repeats, sizes, train_dtypes):
+        for row in bench_variant(v, repeats, sizes, train_dtypes, with_torch=threads is not None):
             row["share_of_matmul_peak"] = row["gflops"] / peak
             rows.append(row)
-            print(f"{row['variant']:8s} {row['what']:35s} {row['seconds']:8.3f} s  {row['images_per_s']:7.2f} img/s  "
-                  f"{row['gflops']:6.1f} GFLOP/s ({100 * row['share_of_matmul_peak']:4.1f}% of matmul)  "
-                  f"first call {row['first_call_s']:.1f} s", flush=True)
+            tail = (f"first call {row['first_call_s']:.1f} s" if math.isfinite(row["first_call_s"])
+                    else f"{row['torch_threads']} threads")
+            if "vs_pytorch" in row:
+                tail += f"  {row['vs_pytorch']:.2f}x PyTorch eager's speed"
+            print(f"{row['variant']:8s} {row['what']:50s} {row['seconds']:8.3f} s  {row['images_per_s']:7.2f} img/s  "
+                  f"{row['gflops']:6.1f} GFLOP/s ({100 * row['share_of_matmul_peak']:4.1f}% of matmul)  {tail}",
+                  flush=True)
     pipe = bench_pipeline(repeats)
     train = next(r for r in rows if r["what"] == "train step 4x512x512" and r["variant"] == variants[0])
     print(f"{pipe['what']}: {pipe['images_per_s']:.1f} img/s vs {train['images_per_s']:.2f} img/s consumed by the "
@@ -321,10 +446,27 @@ def main(argv: list[str] | None = None) -> int:
         recall = "  ".join(f"{v} {100 * x:.0f}%" for v, x in r["recall_by_view"].items())
         print(f"face finder {name:17s} recall@IoU0.5 on {r['photos_per_view']} synthetic photos/view: {recall}; "
               f"{r['seconds_per_2832x4240_photo']:.3f} s per 2832x4240 photo", flush=True)
+    archive = {}
+    if a.archive:
+        import tempfile
+
+        from launch import synthesize
+
+        with tempfile.TemporaryDirectory() as tmp:
+            patients = max(1, a.archive_photos // 3)
+            synthesize.main(["--patients", str(patients), "--seed", "5000", "--out", os.path.join(tmp, "photos")])
+            archive = bench_archive(a.archive, os.path.join(tmp, "photos", "images"), tmp, (1, 2),
+                                    max(1, repeats // 2))
+        for n, r in archive.get("by_processes", {}).items():
+            print(f"{archive['what']} with {n} process(es): {r['seconds']:.1f} s, {r['photos_per_s']:.2f} photos/s "
+                  f"(median of {r['runs']} whole commands); same results as 1 process: {r['same_results_as_1']}",
+                  flush=True)
+        if "status" in archive:
+            print(archive["status"], flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "pipeline": pipe, "analyze": analyze, "face": faces},
-                  f, indent=2)
+        json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "pipeline": pipe, "analyze": analyze,
+                   "face": faces, "archive": archive}, f, indent=2)
     print(f"wrote {a.out}")
     return 0
 

@@ -110,9 +110,8 @@ def run_bundle(a) -> int:
     """The chain evaluator: analyze's code path on photos with truth, scored stage by stage."""
     import csv
     import json
-    import time
 
-    from launch.analyze import analyze_batch, build_analyzer
+    from launch.analyze import analyze_stream, build_analyzer
     from vitijax import chain, compile_cache
     from vitijax import face as face_lib
     from vitijax import face_mask as face_mask_lib
@@ -122,7 +121,6 @@ def run_bundle(a) -> int:
     from vitijax.pipeline import Analyzer
     from vitijax.report.evaluation import write_report
     from vitijax.report.followup import csv_cell, write_results
-    from vitijax.run_log import format_seconds
 
     compile_cache.enable()
     roots = [os.path.abspath(p) for p in a.photos]
@@ -138,7 +136,7 @@ def run_bundle(a) -> int:
         raise FileNotFoundError(f"{', '.join(roots)}: no photos with masks (images/<patient>/<visit>/<view>.png with "
                                 "face_masks/ and vitiligo_masks/ beside it, or manifest.csv)")
     opts = argparse.Namespace(model=a.bundle, face_mask=a.face_mask, detector=a.detector, tta=a.tta,
-                              probability=False)
+                              probability=False, batch_size=a.batch_size)
     analyzer, info = build_analyzer(opts)
     reference = Analyzer(analyzer.lesion, face_mask_lib.make("ground_truth"), None, flips=analyzer.flips,
                          scales=analyzer.scales)
@@ -146,7 +144,7 @@ def run_bundle(a) -> int:
     lesion_of = {img: vit for img, _, vit, *_ in items}
     out_analysis = os.path.join(a.out, "analysis")
     os.makedirs(out_analysis, exist_ok=True)
-    chain_rows, ref_rows, ana_rows, small = [], [], [], {}
+    chain_rows, ref_rows, small = [], [], {}
 
     def on_result(inp, photo, res, row):
         i = len(chain_rows)
@@ -171,16 +169,10 @@ def run_bundle(a) -> int:
         small[i] = [downscale(face_lib.crop(x, cb), 384, nearest=k > 0)
                     for k, x in enumerate((photo, lesion_p, lesion_t * face_t, face_p))]
 
-    t0 = time.perf_counter()
     print(f"chain evaluation of {a.bundle} on {len(inputs)} photos under {', '.join(roots)} "
           f"(TTA {'on' if a.tta else 'off'})",
           flush=True)
-    for start in range(0, len(inputs), a.batch_size):
-        ana_rows += analyze_batch(analyzer, inputs[start:start + a.batch_size], out_analysis, False, on_result)
-        done = len(ana_rows)
-        rate = done / (time.perf_counter() - t0)
-        print(f"photo {done}/{len(inputs)} ({100 * done / len(inputs):.0f}%)  {rate:.2f} photos/s  "
-              f"ETA {format_seconds((len(inputs) - done) / rate)}", file=sys.stderr, flush=True)
+    ana_rows = analyze_stream(analyzer, inputs, out_analysis, False, a.batch_size, on_result)
     write_results(out_analysis, ana_rows, [(p.file, p.problem) for p in report.problems], info)
     if not chain_rows:
         print("error: no photo could be read; nothing to score", file=sys.stderr)

@@ -178,3 +178,92 @@ def test_photo_inputs_from_layout_folders_files_and_a_manifest(tmp_path):
     # folder names: distinct ids stay distinct, nothing escapes upwards
     assert safe_name("P01") == "P01" and safe_name("a b") != safe_name("a_b")
     assert ".." not in safe_name("..").split("-")[0] and "/" not in safe_name("../x")
+
+
+def _analysis(out):
+    """Each photo's row (ratio, flags, status, reason) and the bytes of every mask PNG of an analyze run."""
+    data = json.loads((out / "results.json").read_text())
+    rows = {p["file"]: (p["ratio"], p["flags"], p["status"], p["reason"]) for p in data["photos"]}
+    masks = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("photos/*/*/*_mask.png"))}
+    return rows, masks
+
+
+def test_two_processes_give_the_results_of_one(bundle, tmp_path):
+    """launch.analyze --processes 2 (two processes forming one JAX cluster, each on its share of the photos and
+    of the cores) writes one report whose every ratio, flag and mask file equals the single process's, bit for
+    bit: seven photos (uneven shares, a partial batch of 4 in each process) and one unreadable file."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "photos"
+    for i in range(3):
+        patient = synthetic.make_patient(7, i)
+        for view in synthetic.VIEWS[: 3 if i < 2 else 1]:
+            d = root / f"P{i}" / "0"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(synthetic.render(patient, 0, view, (360, 240)).image).save(d / f"{view}.png")
+    (root / "P2" / "0" / "right.png").write_bytes(b"not a png")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    got = {}
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        proc = subprocess.run([sys.executable, "-m", "launch.analyze", "--model", bundle, str(root), "--out", str(out),
+                               "--processes", str(n), "--batch-size", "4"], capture_output=True, text=True, cwd=repo)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "8 photos in " in proc.stdout and f"with {n} process(es)" in proc.stdout
+        got[n] = _analysis(out)
+        assert not (out / ".processes").exists()  # the hand-over folder is gone once merged
+    rows, masks = got[1]
+    assert len(rows) == 8 and sum(r[2] == "ok" for r in rows.values()) == 7 and len(masks) == 14
+    assert rows[str(root / "P2" / "0" / "right.png")][2] == "failed"
+    assert rows[str(root / "P2" / "0" / "right.png")][3].startswith("unreadable or truncated image")
+    assert got[2] == got[1]
+    # both processes worked and reported progress, each on its own share (4 and 4 of the 8)
+    assert "process 0/2: photo 4/4" in proc.stderr and "process 1/2: photo 4/4" in proc.stderr
+
+
+def test_processes_given_different_photos_are_refused_by_name(bundle, tmp_path):
+    """Two processes of one cluster started by hand (as on two hosts) with different photo lists: both stop
+    with an error saying so, before analysing anything."""
+    import subprocess
+    import sys
+
+    from vitijax.cluster import free_port
+
+    root = tmp_path / "photos"
+    for i in range(2):
+        d = root / f"P{i}" / "0"
+        d.mkdir(parents=True)
+        Image.fromarray(synthetic.render(synthetic.make_patient(7, i), 0, "front", (360, 240)).image).save(
+            d / "front.png")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "launch.analyze", "--model", bundle,
+                               str(root if pid == 0 else root / "P0"), "--out", str(tmp_path / "out"),
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo) for pid in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for pid, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 2, err[-2000:]
+        assert "process(es) 1 were given other photos or options than process 0" in err
+    assert not (tmp_path / "out" / "photos").exists()
+
+
+def test_a_process_that_stops_early_is_reported_not_waited_for(tmp_path):
+    """Process 0 waits for the others' rows; a local process that exits without handing them in ends the
+    wait with an error naming it, and rows come back in input order with NaN kept."""
+    from vitijax import cluster
+
+    class Stopped:
+        returncode = 3
+
+        def poll(self):
+            return 3
+
+    cluster.hand_in(str(tmp_path), 0, [(2, {"ratio": math.nan, "file": "c"}), (0, {"ratio": 1.5, "file": "a"})])
+    with pytest.raises(RuntimeError, match=r"process 1 stopped \(exit status 3\) before handing in its rows"):
+        cluster.collect(str(tmp_path), 2, [Stopped()], poll_s=0.01)
+    cluster.hand_in(str(tmp_path), 1, [(1, {"ratio": 2.0, "file": "b"})])
+    rows = cluster.collect(str(tmp_path), 2, [Stopped()], poll_s=0.01)
+    assert [r["file"] for r in rows] == ["a", "b", "c"] and math.isnan(rows[2]["ratio"]) and rows[0]["ratio"] == 1.5
+    assert not (tmp_path / cluster.ROWS_DIR).exists()

@@ -8,8 +8,12 @@ crops are prepared exactly as training's evaluation prepares them
 (``data.pipeline.prepare``: resize to the input size, mask, ImageNet
 normalisation). The main head's class probabilities (softmax, 1/8 of the
 input) are resized bilinearly (half-pixel) straight to the crop's size, and
-``metrics.foreground`` is the mask. Crops of several photos go through the network as one batch; one
-compilation serves every batch of a given size.
+``metrics.foreground`` is the mask. Crops of several photos go through the network together, in
+batches of exactly ``batch_size`` inputs (the last one padded with zeros; one compilation serves them
+all; 1 unless the caller sets it, as ``launch.analyze --batch-size`` does). A fixed batch makes every photo's result independent of which photos share its batch: XLA's CPU
+convolutions round differently for a batch of 1 and one of 4 (up to 3e-6 in a probability), never for
+a photo's place within a batch, nor for the other inputs' values. So ``launch.analyze`` gives the same
+masks whether one process or several share the photos.
 
 Test-time augmentation: ``flips`` adds the mirrored crop, ``scales`` runs
 the network at other input sizes (multiples of 8 near ``scale x`` the trained
@@ -57,7 +61,10 @@ class Segmenter:
     """A DDRNet and how to feed it (its input contract, :mod:`vitijax.contract`). ``expect`` ("lesion" or
     "face_mask") refuses a network of another task; ``where`` names the checkpoint in messages."""
 
-    def __init__(self, variables: dict, meta: dict, *, where: str, expect: str | None = None):
+    def __init__(self, variables: dict, meta: dict, *, where: str, expect: str | None = None, batch_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
         if meta.get("model") != "ddrnet":
             raise CheckpointError(f"{where}: a {meta.get('model')} checkpoint, not a DDRNet")
         self.task, model, self.contract = tasks.load(meta, where, expect)
@@ -71,11 +78,22 @@ class Segmenter:
         self._fwd = jax.jit(forward)
 
     @classmethod
-    def load(cls, model_dir: str, *, expect: str | None = None) -> "Segmenter":
+    def load(cls, model_dir: str, *, expect: str | None = None, batch_size: int = 1) -> "Segmenter":
         """From a model checkpoint directory (or a training workdir, whose ``best/`` is taken)."""
         directory = resolve_model_dir(model_dir)
         variables, meta = load_model(directory)
-        return cls(variables, meta, where=directory, expect=expect)
+        return cls(variables, meta, where=directory, expect=expect, batch_size=batch_size)
+
+    def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities [n, h', w', classes] of network inputs ``xs`` (each [h, w, c]), run in batches of
+        exactly ``batch_size`` (the last padded with zeros, whose outputs are dropped)."""
+        n, b = len(xs), self.batch_size
+        out = []
+        for start in range(0, n, b):
+            chunk = xs[start:start + b]
+            x = np.stack(chunk + [np.zeros_like(chunk[0])] * (b - len(chunk)))
+            out.append(np.asarray(self._fwd(self._variables, x))[:len(chunk)])
+        return np.concatenate(out)
 
     def probabilities(self, crops: Sequence[np.ndarray], face_masks: Sequence[np.ndarray] | None = None, *,
                       flips: bool = False, scales: Sequence[float] = (1.0,)) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -95,7 +113,7 @@ class Segmenter:
                 x = inputs.crop_input(np.asarray(crop, np.uint8), None if face_masks is None else face_masks[i],
                                       self.contract, size)
                 xs += [x, x[:, ::-1]] if flips else [x]
-            probs = np.asarray(self._fwd(self._variables, np.stack(xs)))
+            probs = self._forward(xs)
             per = 2 if flips else 1
             for i in range(len(crops)):
                 for k in range(per):

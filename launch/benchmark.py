@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             patients = max(1, a.archive_photos // 3)
-            synthesize.main(["--patients", str(patients), "--seed", "5000", "--out", os.path.join(tmp, "photos")])
+            synthesize.main(["--patients", str(patients), "--visits", "1", "--seed", "5000", "--out", os.path.join(tmp, "photos")])
             archive = bench_archive(a.archive, os.path.join(tmp, "photos", "images"), tmp, (1, 2),
                                     max(1, repeats // 2))
         for n, r in archive.get("by_processes", {}).items():

@@ -80,8 +80,18 @@ def test_quick_benchmark_prints_and_writes_every_row(tmp_path):
         assert row in text, f"{row!r} missing from:\n{text}"
     assert f"--{FLAG}=" in text  # the XLA flags in force are printed
     res = json.loads(out.read_text())
-    assert res["matmul_gflops"] > 0 and [r["what"] for r in res["rows"]] == [
-        "eval forward 4x512x512", "eval forward 1x1024x1024", "train step 4x512x512"]
+    whats = ["eval forward 4x512x512", "eval forward 1x1024x1024", "train step 4x512x512"]
+    mine = [r for r in res["rows"] if not r["what"].startswith("PyTorch")]
+    assert res["matmul_gflops"] > 0 and [r["what"] for r in mine] == whats
     assert all(row["seconds"] > 0 and row["share_of_matmul_peak"] > 0 for row in res["rows"])
+    try:
+        import torch  # noqa: F401  the test extra installs it: then each row has its PyTorch twin, timed in turns
+    except ImportError:
+        return
+    torch_rows = {r["what"]: r for r in res["rows"] if r["what"].startswith("PyTorch eager: ")}
+    assert sorted(torch_rows) == sorted(f"PyTorch eager: {w}" for w in whats)
+    for r in mine:
+        assert r["vs_pytorch"] == pytest.approx(torch_rows[f"PyTorch eager: {r['what']}"]["seconds"] / r["seconds"])
+    assert "x PyTorch eager's speed" in text and res["environment"]["torch_threads"] >= 1
     assert res["analyze"]["status"] == "ok" and 0 < res["analyze"]["peak_rss_gb"] < 8
     assert res["face"]["RetinaFace"]["photos_per_view"] == 2

@@ -8,12 +8,13 @@ crops are prepared exactly as training's evaluation prepares them
 (``data.pipeline.prepare``: resize to the input size, mask, ImageNet
 normalisation). The main head's class probabilities (softmax, 1/8 of the
 input) are resized bilinearly (half-pixel) straight to the crop's size, and
-``metrics.foreground`` is the mask. Crops of several photos go through the network together, in
-batches of exactly ``batch_size`` inputs (the last one padded with zeros; one compilation serves them
-all; 1 unless the caller sets it, as ``launch.analyze --batch-size`` does). A fixed batch makes every photo's result independent of which photos share its batch: XLA's CPU
-convolutions round differently for a batch of 1 and one of 4 (up to 3e-6 in a probability), never for
-a photo's place within a batch, nor for the other inputs' values. So ``launch.analyze`` gives the same
-masks whether one process or several share the photos.
+``metrics.foreground`` is the mask. Crops of several photos go through the network together, in batches
+of exactly ``batch_size`` inputs (the last one padded with zeros; one compilation serves them all; 1
+unless the caller sets it, as ``launch.analyze --batch-size`` does). A fixed batch makes every photo's
+result independent of which photos share its batch: XLA's CPU convolutions round differently for a batch
+of 1 and one of 4 (up to 3e-6 in a probability), never for a photo's place within a batch, nor for the
+other inputs' values. So ``launch.analyze`` gives the same masks whether one process or several share
+the photos.
 
 Test-time augmentation: ``flips`` adds the mirrored crop, ``scales`` runs
 the network at other input sizes (multiples of 8 near ``scale x`` the trained

@@ -49,13 +49,12 @@ def build_analyzer(a):
     from vitijax.segmenter import Segmenter
 
     parts, info = load_bundle(a.model)
-    batch = getattr(a, "batch_size", 1)
-    lesion = Segmenter(*parts["lesion"], where=f"{a.model} (lesion)", expect="lesion", batch_size=batch)
+    lesion = Segmenter(*parts["lesion"], where=f"{a.model} (lesion)", expect="lesion", batch_size=a.batch_size)
     mask_kind = a.face_mask or ("network" if "face_mask" in parts else "ellipse")
     if mask_kind == "network" and "face_mask" not in parts:
         raise ValueError(f"{a.model}: the bundle has no face-mask network; export one with "
                          "launch.export --face-mask-workdir, or choose --face-mask ellipse")
-    seg = Segmenter(*parts["face_mask"], where=f"{a.model} (face mask)", expect="face_mask", batch_size=batch) \
+    seg = Segmenter(*parts["face_mask"], where=f"{a.model} (face mask)", expect="face_mask", batch_size=a.batch_size) \
         if mask_kind == "network" else None
     detector = a.detector
     if detector == "auto":

@@ -110,15 +110,13 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",), 
     def add(rows, what, b, med, times, gflop, first, pair=None):
         row = {"variant": variant, "what": what, "seconds": med, "images_per_s": b / med, "gflops": gflop / med,
                "first_call_s": first, "runs": len(times)}
+        rows.append(row)
         if pair is not None:
             t_med, t_times = pair
             row["vs_pytorch"] = t_med / med
-            rows.append(row)
             rows.append({"variant": variant, "what": f"PyTorch eager: {what}", "seconds": t_med,
                          "images_per_s": b / t_med, "gflops": gflop / t_med, "first_call_s": math.nan,
                          "runs": len(t_times), "torch_threads": torch.get_num_threads()})
-        else:
-            rows.append(row)
 
     rows = []
     model = DDRNet(variant, 2, aux_head=False)

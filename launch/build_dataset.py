@@ -93,7 +93,7 @@ def _predict_faces(root: str, bundle: str) -> None:
 
     compile_cache.enable()
     analyzer, info = build_analyzer(argparse.Namespace(model=bundle, face_mask="network", detector="auto", tta=False,
-                                                        probability=False))
+                                                        probability=False, batch_size=1))
     record = predicted_faces.predict_missing(root, analyzer, info)
     print(f"face masks predicted by {bundle} ({info['detector']}, face-mask network): {record['masks']} photos; "
           f"no face found in {len(record['no_face'])} (skipped); "

@@ -8,9 +8,9 @@ Process 0 merges them in the order of the inputs and writes the one report.
 On one machine ``--processes N`` starts processes 1..N-1 itself, each pinned to its own share of the CPU
 cores this process may use (so XLA, OpenCV and ONNX Runtime each size their thread pools to it). On
 several hosts each host starts its own with ``--coordinator HOST:PORT --num-processes N --process-id I``.
-Why processes rather than threads: on a 2-core machine much of a photo's time is single-threaded
-(decoding, resizing the face crop's probabilities, pasting masks back, PNG coding), so one process
-leaves a core idle for it; two processes keep both busy.
+Within one process, reading and writing already overlap the networks (``launch.analyze.analyze_stream``),
+which keeps 2 cores busy: measured on a 2-core machine, a second process added nothing (docs/benchmarks.md).
+Processes pay where one process cannot fill the cores, and across hosts.
 
 On CPU the cross-process collectives are gloo's (the one implementation jaxlib's CPU client ships);
 every process must reach the coordinator's port.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import subprocess
@@ -108,26 +107,6 @@ def shard(items: Sequence[Any], n: int, process_id: int) -> list[tuple[int, Any]
     return [(i, items[i]) for i in range(process_id, len(items), n)]
 
 
-def _json_safe(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return {"__float__": repr(v)}
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
-def _json_restore(v):
-    if isinstance(v, dict):
-        if set(v) == {"__float__"}:
-            return float(v["__float__"])
-        return {k: _json_restore(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_json_restore(x) for x in v]
-    return v
-
-
 def hand_in(out: str, process_id: int, indexed_rows: Sequence[tuple[int, dict]]) -> str:
     """Writes this process's (input index, row) pairs under ``out`` for process 0; returns the file."""
     folder = os.path.join(out, ROWS_DIR)
@@ -135,7 +114,7 @@ def hand_in(out: str, process_id: int, indexed_rows: Sequence[tuple[int, dict]])
     path = os.path.join(folder, f"{process_id}.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump([[i, _json_safe(r)] for i, r in indexed_rows], f, default=str)
+        json.dump([[i, r] for i, r in indexed_rows], f, default=str)  # NaN ratios stay NaN (json allows them)
     os.replace(tmp, path)  # whole or absent: process 0 never reads half a file
     return path
 
@@ -153,7 +132,7 @@ def collect(out: str, n: int, children: Sequence[subprocess.Popen] = (), poll_s:
     indexed = []
     for p in paths:
         with open(p) as f:
-            indexed += [(i, _json_restore(r)) for i, r in json.load(f)]
+            indexed += [(i, r) for i, r in json.load(f)]
         os.remove(p)
     try:
         os.rmdir(folder)

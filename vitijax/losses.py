@@ -31,6 +31,17 @@ from jax import lax
 from vitijax.resize import resize_bilinear
 
 
+def pick_class(values: jax.Array, target: jax.Array) -> jax.Array:
+    """``values[..., target]``: [..., c] float and integer ``target`` [...] in [0, c) -> [...].
+
+    The same numbers as ``jnp.take_along_axis`` (one term plus exact zeros), but as a select and
+    a sum over the class axis, whose gradient is a select too: autodiff of the gather is a
+    scatter-add that cost 25 ms of a 4x512x512 train step on a 2-core CPU.
+    """
+    classes = lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
+    return jnp.sum(jnp.where(classes == target[..., None], values, 0.0), axis=-1)
+
+
 def kth_smallest_nonnegative(x: jax.Array, k: jax.Array | int) -> jax.Array:
     """``jnp.sort(x)[k]`` for a 1-D float32 ``x`` of values >= 0 (or NaN), without sorting.
 
@@ -83,7 +94,7 @@ def ohem_cross_entropy(
     valid = labels != ignore_index
     target = jnp.where(valid, labels, 0).astype(jnp.int32)
     log_p = jax.nn.log_softmax(logits, axis=-1)
-    log_p_true = jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
+    log_p_true = pick_class(log_p, target)
     if class_weights is None:
         weight = 1.0
     else:
@@ -94,8 +105,7 @@ def ohem_cross_entropy(
     pixel_loss = jnp.where(valid, -weight * log_p_true, 0.0).reshape(-1)
 
     # Selection: float32 softmax probability of the true class, no gradient.
-    p_true = jax.lax.stop_gradient(jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), target[..., None],
-                                                       axis=-1)[..., 0]).reshape(-1)
+    p_true = jax.lax.stop_gradient(pick_class(jax.nn.softmax(logits, axis=-1), target)).reshape(-1)
     valid = valid.reshape(-1)
     n_valid = jnp.sum(valid)
     # Invalid pixels sort last (p <= 1 < 2), so the k-th smallest valid p is sorted[k] for k < n_valid.
@@ -120,7 +130,7 @@ def pseudo_label_loss(logits: jax.Array, labels: jax.Array, *, ignore_index: int
     log_p = jax.nn.log_softmax(resize_bilinear(logits.astype(jnp.float32), (hh, ww)), axis=-1)
     valid = labels != ignore_index
     target = jnp.where(valid, labels, 0).astype(jnp.int32)
-    nll = jnp.where(valid, -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0], 0.0)
+    nll = jnp.where(valid, -pick_class(log_p, target), 0.0)
     if not class_balanced:
         n = jnp.sum(valid)
         return jnp.where(n > 0, jnp.sum(nll) / jnp.maximum(n, 1).astype(jnp.float32), 0.0)

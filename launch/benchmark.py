@@ -13,6 +13,9 @@ Rows (medians over repeated runs after warm-up; compile time measured apart):
   * end-to-end analysis of one 2832x4240 PNG (read, face box, face mask,
     lesion network, full-resolution masks and overlay written), seconds and
     the peak RSS of the process that runs it;
+  * with ``--ablation``: the train step with its exact rewrites (vitijax/models/custom_grads.py,
+    losses.pick_class) switched on one after another, timed in turns, so the output says what
+    each bought;
   * with ``--face-photos N`` (quick: 10): recall of RetinaFace and, with
     ``--face-box DIR``, of the face-box network on N synthetic photos per
     view, and their seconds per 2832x4240 photo.
@@ -23,6 +26,7 @@ The device, versions and XLA flags are printed and written to the JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -96,11 +100,7 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",), 
     import numpy as np
 
     from launch.configs.common import base_config
-    from vitijax import sharding
     from vitijax.models.ddrnet import DDRNet, init_variables
-    from vitijax.optim import make_optimizer
-    from vitijax import tasks
-    from vitijax.train import compile_steps, create_train_state
 
     if with_torch:
         import torch
@@ -144,28 +144,12 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",), 
         gflop = 2 * GMAC_1024x2048[variant] * (h * w) / (1024 * 2048) * b
         add(rows, f"eval forward {b}x{h}x{w}", b, *med["vitijax"], gflop, compile_s, med.get("torch"))
     # Train step at 4x512x512 with the trainer's own step (aux head on, OHEM, AdamW).
-    c = base_config()
     r = np.random.default_rng(0)
     images = r.standard_normal((4, 512, 512, 3)).astype(np.float32)
     labels = r.integers(0, 2, (4, 512, 512)).astype(np.int32)
+    c = base_config()
     for dtype in train_dtypes:
-        c.model.variant, c.model.dtype = variant, dtype
-        mesh = sharding.make_mesh(jax.devices()[:1])
-        lesion = tasks.get("lesion")
-        tm = lesion.build_model(lesion.model_meta(c.model), dtype=dtype)
-        tx, sched = make_optimizer(c.optimizer, 1000)
-        state = create_train_state(tm, tx, (512, 512), 0, mesh)
-        step, _ = compile_steps(lesion, tm, tx, c.loss, sched, mesh)
-        batch = sharding.global_batch({"image": images, "label": labels}, mesh)
-        holder = {"state": state}
-
-        def one():
-            holder["state"], m = step(holder["state"], batch)
-            jax.block_until_ready(m)
-
-        t = time.perf_counter()
-        one()
-        compile_s = time.perf_counter() - t
+        one, compile_s, _ = _train_step(variant, dtype, images, labels)
         fns = {"vitijax": one}
         if with_torch and dtype == "float32":
             t_train = torch_ddrnet.DDRNet(variant, 2, aux_head=True)
@@ -181,6 +165,96 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",), 
         what = "train step 4x512x512" + ("" if dtype == "float32" else f" {dtype}")
         add(rows, what, 4, *med["vitijax"], gflop, compile_s, med.get("torch"))
     return rows
+
+
+def _train_step(variant: str, dtype: str, images, labels):
+    """The trainer's own lesion train step (aux head, OHEM + 0.4 aux OHEM, AdamW) on one fixed batch.
+
+    ``images`` [b, h, w, 3] float32, ``labels`` [b, h, w] int32. Returns (a function that runs one
+    step to completion, the seconds of the first call (compilation included), that call's metrics
+    as floats). Compiles at the first call, so module functions patched around this call are the
+    ones traced.
+    """
+    import jax
+
+    from launch.configs.common import base_config
+    from vitijax import sharding, tasks
+    from vitijax.optim import make_optimizer
+    from vitijax.train import compile_steps, create_train_state
+
+    c = base_config()
+    c.model.variant, c.model.dtype = variant, dtype
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    lesion = tasks.get("lesion")
+    model = lesion.build_model(lesion.model_meta(c.model), dtype=dtype)
+    tx, sched = make_optimizer(c.optimizer, 1000)
+    state = create_train_state(model, tx, images.shape[1:3], 0, mesh)
+    step, _ = compile_steps(lesion, model, tx, c.loss, sched, mesh)
+    batch = sharding.global_batch({"image": images, "label": labels}, mesh)
+    holder = {"state": state}
+
+    def one():
+        holder["state"], m = step(holder["state"], batch)
+        return jax.block_until_ready(m)
+
+    t = time.perf_counter()
+    first = one()
+    return one, time.perf_counter() - t, {k: float(v) for k, v in first.items()}
+
+
+def _ablations():
+    """The train step's exact rewrites, switched on one after another: (what, {(module, name): stand-in})
+    where each stand-in is the plain formulation autodiff differentiates (the code before the rewrite)."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    from vitijax import losses
+    from vitijax.models import custom_grads
+
+    def bn_autodiff(x, scale, bias, epsilon):
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axes)
+        var = jnp.mean(jnp.square(x - mean), axes)
+        return (x - mean) * (scale * lax.rsqrt(var + epsilon)) + bias, mean, var
+
+    before = {(custom_grads, "batch_norm_train"): bn_autodiff,
+              (custom_grads, "conv3x3_stride2"): custom_grads._conv_s2,  # noqa: SLF001 (autodiff's own gradient)
+              (custom_grads, "_channel_sum"): lambda v: jnp.sum(v, tuple(range(v.ndim - 1))),
+              (losses, "pick_class"): lambda v, t: jnp.take_along_axis(v, t[..., None], axis=-1)[..., 0]}
+    order = [("batch norm with the textbook gradient", (custom_grads, "batch_norm_train")),
+             ("stride-2 input gradients as sub-pixel convolutions", (custom_grads, "conv3x3_stride2")),
+             ("per-channel sums as row-then-column matrix-vector products", (custom_grads, "_channel_sum")),
+             ("the true class's value by select-and-sum, not a gather", (losses, "pick_class"))]
+    steps = [("before: autodiff of the plain formulas", dict(before))]
+    for i, (what, _) in enumerate(order):
+        steps.append((f"+ {what}", {key: before[key] for _, key in order[i + 1:]}))
+    return steps
+
+
+def bench_ablation(variant: str, repeats: int, size: tuple[int, int, int] = (4, 512, 512)) -> list[dict]:
+    """What each exact rewrite of the train step bought: one compiled step per row of :func:`_ablations`
+    (the rewrites switched on one after another), all timed in turns in this process on the same
+    batch and initial state. Each row gives its median seconds, its speed against the first row,
+    and the first step's loss and gradient norm (the rewrites change rounding only)."""
+    from unittest import mock
+
+    import numpy as np
+
+    b, h, w = size
+    r = np.random.default_rng(0)
+    images = r.standard_normal((b, h, w, 3)).astype(np.float32)
+    labels = r.integers(0, 2, (b, h, w)).astype(np.int32)
+    fns, firsts = {}, {}
+    for what, stand_ins in _ablations():
+        with contextlib.ExitStack() as stack:
+            for (module, name), fn in stand_ins.items():
+                stack.enter_context(mock.patch.object(module, name, fn))
+            fns[what], _, firsts[what] = _train_step(variant, "float32", images, labels)
+    med = _paired_medians(fns, repeats)
+    base = med[next(iter(med))][0]
+    return [{"variant": variant, "what": f"train step {b}x{h}x{w}: {what}", "seconds": med[what][0],
+             "speedup": base / med[what][0], "runs": len(med[what][1]), "loss": firsts[what]["loss"],
+             "grad_norm": firsts[what]["grad_norm"]} for what in fns]
 
 
 def bench_pipeline(repeats: int) -> dict:
@@ -380,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
                    help="PyTorch eager rows timed in turns with vitijax's float32 rows (default: when torch is "
                         "installed, as with the test extra)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also the train step of the first variant with its exact rewrites switched on one by one")
     p.add_argument("--out", default="benchmark_out/benchmark.json")
     p.add_argument("--archive", metavar="BUNDLE", help="also time launch.analyze with 1 and 2 processes over "
                    "--archive-photos synthetic 2832x4240 photos (new patients) with this inference bundle")
@@ -428,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['variant']:8s} {row['what']:50s} {row['seconds']:8.3f} s  {row['images_per_s']:7.2f} img/s  "
                   f"{row['gflops']:6.1f} GFLOP/s ({100 * row['share_of_matmul_peak']:4.1f}% of matmul)  {tail}",
                   flush=True)
+    ablation = bench_ablation(variants[0], repeats) if a.ablation else []
+    for row in ablation:
+        print(f"{row['variant']:8s} {row['what']:110s} {row['seconds']:7.3f} s  {row['speedup']:.2f}x  "
+              f"(first step: loss {row['loss']:.6f}, grad norm {row['grad_norm']:.4f})", flush=True)
     pipe = bench_pipeline(repeats)
     train = next(r for r in rows if r["what"] == "train step 4x512x512" and r["variant"] == variants[0])
     print(f"{pipe['what']}: {pipe['images_per_s']:.1f} img/s vs {train['images_per_s']:.2f} img/s consumed by the "
@@ -463,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             print(archive["status"], flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "pipeline": pipe, "analyze": analyze,
+        json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "ablation": ablation, "pipeline": pipe, "analyze": analyze,
                    "face": faces, "archive": archive}, f, indent=2)
     print(f"wrote {a.out}")
     return 0

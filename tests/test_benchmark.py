@@ -95,3 +95,23 @@ def test_quick_benchmark_prints_and_writes_every_row(tmp_path):
     assert "x PyTorch eager's speed" in text and res["environment"]["torch_threads"] >= 1
     assert res["analyze"]["status"] == "ok" and 0 < res["analyze"]["peak_rss_gb"] < 8
     assert res["face"]["RetinaFace"]["photos_per_view"] == 2
+
+
+def test_ablation_switches_each_rewrite_on_in_turn_and_they_change_rounding_only():
+    """``--ablation``: one train step per rewrite switched on, the first row autodiff of the plain
+    formulas. A stand-in that failed to reach the traced step would leave two rows with the same
+    program; a rewrite that changed the mathematics would move the first step's loss or gradient."""
+    from launch.benchmark import bench_ablation
+    from vitijax.models import custom_grads
+
+    rows = bench_ablation("23-tiny", 1, (2, 64, 64))
+    assert [r["what"].split(": ", 1)[1][:2] for r in rows] == ["be", "+ ", "+ ", "+ ", "+ "]
+    assert rows[0]["speedup"] == 1.0 and all(r["seconds"] > 0 for r in rows)
+    shipped = rows[-1]
+    for r in rows[:-1]:
+        assert r["loss"] == pytest.approx(shipped["loss"], rel=1e-5)
+        assert r["grad_norm"] == pytest.approx(shipped["grad_norm"], rel=1e-4)
+    # The rows differ in what was traced: autodiff's batch norm gives other float32 gradients.
+    assert rows[0]["grad_norm"] != rows[1]["grad_norm"]
+    # And the patches are gone afterwards.
+    assert custom_grads.batch_norm_train.__class__.__name__ == "custom_vjp"

@@ -114,6 +114,8 @@ class SyntheticImage:
     image: [h, w, 3] uint8 RGB. face_mask, vitiligo_mask, unassessable_mask: [h, w] uint8 {0, 1}.
     face_box: (x0, y0, x1, y1) photo pixels, exclusive ends. ratio: percent (the whole face, glare or
     not). glare: the photo's glare gain (1 = the patient's own highlights, :class:`Acquisition`).
+    shot: which repeat shot of the visit (0: the first). pose: where the head is (:func:`project` maps
+    canonical face points to this photo's pixels with it, :func:`surface` pixels to points).
     """
 
     image: np.ndarray
@@ -127,6 +129,8 @@ class SyntheticImage:
     subtype: str
     unassessable_mask: np.ndarray | None = None
     glare: float = 1.0
+    shot: int = 0
+    pose: Pose | None = None
 
 
 def _rng(*keys) -> np.random.Generator:
@@ -242,16 +246,150 @@ class Acquisition:
     tone: float = 0.0  # per-channel gain, +-
     glare: tuple[float, float] = (1.0, 1.0)  # gain on the patient's specular highlights (0: none; 3: strong)
     yaw: tuple[float, float] = (0.0, 0.0)  # head turned this much off the view's yaw, radians
+    pitch: tuple[float, float] = (0.0, 0.0)  # head nodded, radians (positive: chin up)
+    roll: tuple[float, float] = (0.0, 0.0)  # head tilted in the image plane, radians
+    distance: tuple[float, float] = (1.0, 1.0)  # camera distance, times the standard (1.15: the face 13 % smaller)
+    shift: float = 0.0  # framing: the head moved up to this fraction of the photo height, each axis
 
 
 VARIED = Acquisition(exposure=(0.5, 1.6), blur=(1.0, 5.0), noise=(2.0, 15.0), tone=0.15)
+# Re-photographing a patient on another day: head turned, nodded and tilted by up to about 10 degrees,
+# the camera 15 % nearer or farther, the framing moved, the exposure and lamp tone of the day.
+FOLLOW_UP = Acquisition(exposure=(0.85, 1.15), tone=0.05, yaw=(-0.17, 0.17), pitch=(-0.17, 0.17),
+                        roll=(-0.17, 0.17), distance=(0.87, 1.15), shift=0.03)
 # Glare from none to strong: the gain brightens and spreads the highlights (forehead, nose, cheeks; over
 # skin and lesions alike) and, with exposure, saturates them.
 GLARE = Acquisition(glare=(0.0, 3.0))
 
 
+@dataclasses.dataclass(frozen=True)
+class Pose:
+    """Where the head is in one photo: the truth that maps a point of the face to a pixel.
+
+    ``yaw`` is the total head turn (the view's and the photo's own, radians), ``pitch`` and ``roll``
+    the nod and tilt; ``distance`` the camera distance relative to the standard (the face's size in
+    the photo is 1 / distance of the standard); ``shift`` (dx, dy) the head's displacement as
+    fractions of the photo height.
+    """
+
+    yaw: float
+    pitch: float = 0.0
+    roll: float = 0.0
+    distance: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    def rotation(self) -> np.ndarray:
+        """[3, 3] camera -> head coordinates (head = M @ camera): the yaw turn, then the nod, then the tilt."""
+        cy, sy = math.cos(self.yaw), math.sin(self.yaw)
+        cp, sp = math.cos(self.pitch), math.sin(self.pitch)
+        cr, sr = math.cos(self.roll), math.sin(self.roll)
+        turn = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        nod = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+        tilt = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+        return turn @ nod @ tilt
+
+
+def photo_pose(patient: Patient, visit: int, view: str, acquisition: Acquisition | None = None,
+               shot: int = 0) -> Pose:
+    """The head's pose in photo (``visit``, ``view``, ``shot``) of ``patient``, as :func:`render` draws it."""
+    if view not in VIEW_YAW:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if acquisition is None:
+        return Pose(VIEW_YAW[view])
+    a = acquisition
+    # Glare gain and head turn keep their own draws (the glare data sets'); a repeat shot draws anew.
+    rg = _rng("glare", patient.seed, patient.patient_id, visit, view, *([shot] if shot else []))
+    rg.uniform(*a.glare)
+    yaw = float(rg.uniform(*a.yaw))
+    rp = _rng("pose", patient.seed, patient.patient_id, visit, view, shot)
+    return Pose(VIEW_YAW[view] + yaw, float(rp.uniform(*a.pitch)), float(rp.uniform(*a.roll)),
+                float(rp.uniform(*a.distance)), (float(rp.uniform(-a.shift, a.shift)),
+                                                 float(rp.uniform(-a.shift, a.shift))))
+
+
+def project(patient: Patient, pose: Pose, size: tuple[int, int], azimuth: np.ndarray,
+            elevation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels of canonical face points in a photo: the exact inverse of :func:`render`'s ray trace.
+
+    ``azimuth``, ``elevation`` [...] radians on the canonical head (as :func:`surface` returns them);
+    ``size`` (height, width) of the photo. Returns (x, y, facing): photo pixels (centres at integers)
+    and whether the point faces the camera (it may still be hidden by nothing else: the head is convex).
+    """
+    h, w = size
+    A, B, C = patient.head_axes
+    u = _direction(np.asarray(azimuth, np.float64), np.asarray(elevation, np.float64))
+    head = u * np.array([A, B, C])
+    m = pose.rotation()
+    cam = head @ m  # camera = M^T head, row-wise
+    normal = (head / np.array([A, B, C]) ** 2) @ m
+    x = cam[..., 0] * h / pose.distance + (patient.head_center[0] * w + pose.shift[0] * h) - 0.5
+    y = -cam[..., 1] * h / pose.distance + (patient.head_center[1] * h + pose.shift[1] * h) - 0.5
+    return x, y, normal[..., 2] > 0
+
+
+def surface(patient: Patient, pose: Pose, size: tuple[int, int], x: np.ndarray,
+            y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The canonical face point each photo pixel (``x``, ``y`` [...], centres at integers) shows:
+    (azimuth, elevation, on_head), the ray trace of :func:`render`."""
+    q, _, on_head, _, _ = _trace(patient, pose, size, np.asarray(x, np.float32), np.asarray(y, np.float32))
+    return np.arctan2(q[..., 0], q[..., 2]), np.arcsin(np.clip(q[..., 1], -1, 1)), on_head
+
+
+def correspondence(patient: Patient, pose_a: Pose, size_a: tuple[int, int], pose_b: Pose, size_b: tuple[int, int],
+                   x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The true correspondence between two photos of one patient: for pixels (``x``, ``y``) of photo a,
+    the pixels (x, y) of photo b that show the same point of the head, and whether photo b sees it
+    (the point is on the head in a and faces the camera in b)."""
+    az, el, on_head = surface(patient, pose_a, size_a, x, y)
+    xb, yb, facing = project(patient, pose_b, size_b, az, el)
+    return xb, yb, on_head & facing
+
+
+def _trace(p: Patient, pose: Pose, size, xx: np.ndarray, yy: np.ndarray):
+    """Camera rays through pixels (``xx``, ``yy``) against the head: (q [..., 3] the canonical unit-sphere
+    point, n [..., 3] the camera-space surface normal, on_head [...]), plus the camera coordinates X, Y."""
+    h, w = size
+    A, B, C = p.head_axes
+    if pose.pitch == 0 and pose.roll == 0 and pose.distance == 1 and pose.shift == (0.0, 0.0):
+        # The yaw-only camera of every bundled data set, written out so that its pixels stay bit for bit.
+        X = (xx + 0.5 - p.head_center[0] * w) / h
+        Y = -(yy + 0.5 - p.head_center[1] * h) / h
+        t = pose.yaw
+        ct, st = math.cos(t), math.sin(t)
+        # Ray (X, Y, Z) against the ellipsoid rotated by yaw t; take the root nearest the camera (+Z).
+        qa = st**2 / A**2 + ct**2 / C**2
+        qb = 2 * X * ct * st * (1 / A**2 - 1 / C**2)
+        qc = X**2 * (ct**2 / A**2 + st**2 / C**2) + Y**2 / B**2 - 1
+        disc = qb**2 - 4 * qa * qc
+        Z = (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa)
+        Qx, Qy, Qz = ct * X + st * Z, Y, -st * X + ct * Z
+        n = np.stack([Qx / A**2, Qy / B**2, Qz / C**2], -1)
+        n = np.stack([ct * n[..., 0] - st * n[..., 2], n[..., 1], st * n[..., 0] + ct * n[..., 2]], -1)
+    else:
+        X = ((xx + 0.5 - p.head_center[0] * w - pose.shift[0] * h) / h * pose.distance).astype(np.float32)
+        Y = (-(yy + 0.5 - p.head_center[1] * h - pose.shift[1] * h) / h * pose.distance).astype(np.float32)
+        m = pose.rotation().astype(np.float32)
+        d = np.array([1 / A**2, 1 / B**2, 1 / C**2], np.float32)
+        # head = M (X, Y, 0) + Z M e_z; (head)^T D (head) = 1 is a quadratic in Z.
+        o = np.stack([X, Y, np.zeros_like(X)], -1) @ m.T
+        e = m[:, 2]
+        qa = float(e @ (d * e))
+        qb = 2 * (o @ (d * e))
+        qc = (o * o) @ d - 1
+        disc = qb**2 - 4 * qa * qc
+        Z = (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa)
+        Q = o + Z[..., None] * e
+        Qx, Qy, Qz = Q[..., 0], Q[..., 1], Q[..., 2]
+        n = (Q * d) @ m  # camera = M^T head, row-wise
+    on_head = disc > 0
+    q = np.stack([Qx / A, Qy / B, Qz / C], -1).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True) + 1e-9
+    n /= np.linalg.norm(n, axis=-1, keepdims=True) + 1e-9
+    return q, n, on_head, X, Y
+
+
 def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384, 256),
-           acquisition: Acquisition | None = None) -> SyntheticImage:
+           acquisition: Acquisition | None = None, shot: int = 0) -> SyntheticImage:
     """Renders one photograph of ``patient`` at ``visit`` (0 = baseline) in ``view``.
 
     ``size`` is (height, width) in pixels; portrait like the paper's camera
@@ -267,18 +405,20 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     face = np.empty((h, w), np.uint8)
     vitiligo = np.empty((h, w), np.uint8)
     glare_px = np.empty((h, w), np.uint8)
-    # Glare gain and head turn have their own draws, so the camera draws of every bundled data set stay.
-    gain, yaw = 1.0, 0.0
+    # Glare gain and pose have their own draws, so the camera draws of every bundled data set stay.
+    # A repeat shot (shot > 0) of the same visit draws its own pose, glare and camera.
+    again = [shot] if shot else []
+    gain = 1.0
     if acquisition is not None:
-        rg = _rng("glare", patient.seed, patient.patient_id, visit, view)
-        gain, yaw = float(rg.uniform(*acquisition.glare)), float(rg.uniform(*acquisition.yaw))
+        gain = float(_rng("glare", patient.seed, patient.patient_id, visit, view, *again).uniform(*acquisition.glare))
+    pose = photo_pose(patient, visit, view, acquisition, shot)
     band = max(1, (1 << 20) // w)
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)
         image[y0:y1], face[y0:y1], vitiligo[y0:y1], glare_px[y0:y1] = _render_rows(
-            patient, visit, view, size, y0, y1, glare=gain, yaw=yaw)
+            patient, visit, view, size, y0, y1, glare=gain, pose=pose)
     # Optics and sensor: a little blur (scaled to resolution), exposure and noise.
-    r = _rng("camera", patient.seed, patient.patient_id, visit, view)
+    r = _rng("camera", patient.seed, patient.patient_id, visit, view, *again)
     sigma = max(0.5, 0.0012 * h)
     if acquisition is None:  # the draws of every bundled data set, unchanged
         image = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")
@@ -296,34 +436,21 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     n_face = int(face.sum())
     ratio = 100.0 * float(vitiligo.sum()) / n_face if n_face else float("nan")
     return SyntheticImage(image, face, vitiligo, box, ratio, patient.patient_id, visit, view, patient.subtype,
-                          unassessable_mask=glare_px & face, glare=gain)
+                          unassessable_mask=glare_px & face, glare=gain, shot=shot, pose=pose)
 
 
-def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glare: float = 1.0, yaw: float = 0.0):
+def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glare: float = 1.0,
+                 pose: Pose | None = None):
     h, w = size
+    pose = pose or Pose(VIEW_YAW[view])
     yy, xx = np.mgrid[y0:y1, 0:w].astype(np.float32)
-    # Normalised camera coordinates: units of photo height, y up.
-    X = (xx + 0.5 - p.head_center[0] * w) / h
-    Y = -(yy + 0.5 - p.head_center[1] * h) / h
+    # q: the canonical point each pixel shows; n: the camera-space surface normal (shading, highlights);
+    # X, Y: normalised camera coordinates (units of photo height, y up).
+    q, n, on_head, X, Y = _trace(p, pose, size, xx, yy)
     A, B, C = p.head_axes
-    t = VIEW_YAW[view] + yaw
-    ct, st = math.cos(t), math.sin(t)
-    # Ray (X, Y, Z) against the ellipsoid rotated by yaw t; take the root nearest the camera (+Z).
-    qa = st**2 / A**2 + ct**2 / C**2
-    qb = 2 * X * ct * st * (1 / A**2 - 1 / C**2)
-    qc = X**2 * (ct**2 / A**2 + st**2 / C**2) + Y**2 / B**2 - 1
-    disc = qb**2 - 4 * qa * qc
-    on_head = disc > 0
-    Z = (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa)
-    Qx, Qy, Qz = ct * X + st * Z, Y, -st * X + ct * Z
-    q = np.stack([Qx / A, Qy / B, Qz / C], -1).astype(np.float32)
-    q /= np.linalg.norm(q, axis=-1, keepdims=True) + 1e-9
+    st = math.sin(pose.yaw)
     az = np.arctan2(q[..., 0], q[..., 2])
     el = np.arcsin(np.clip(q[..., 1], -1, 1))
-    # Surface normal in camera space, for shading and highlights.
-    n = np.stack([Qx / A**2, Qy / B**2, Qz / C**2], -1)
-    n = np.stack([ct * n[..., 0] - st * n[..., 2], n[..., 1], st * n[..., 0] + ct * n[..., 2]], -1)
-    n /= np.linalg.norm(n, axis=-1, keepdims=True) + 1e-9
     facing = np.clip(n[..., 2], 0, 1)
 
     rc = _rng("scene", p.seed, p.patient_id)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -167,13 +168,14 @@ def bench_variant(variant: str, repeats: int, sizes, train_dtypes=("float32",), 
     return rows
 
 
-def _train_step(variant: str, dtype: str, images, labels):
+def _train_step(variant: str, dtype: str, images, labels, fingerprint: bool = False):
     """The trainer's own lesion train step (aux head, OHEM + 0.4 aux OHEM, AdamW) on one fixed batch.
 
     ``images`` [b, h, w, 3] float32, ``labels`` [b, h, w] int32. Returns (a function that runs one
     step to completion, the seconds of the first call (compilation included), that call's metrics
     as floats). Compiles at the first call, so module functions patched around this call are the
-    ones traced.
+    ones traced. ``fingerprint``: the function also gets ``program``, a hash of the traced step's
+    StableHLO (what the rewrites change).
     """
     import jax
 
@@ -197,8 +199,11 @@ def _train_step(variant: str, dtype: str, images, labels):
         holder["state"], m = step(holder["state"], batch)
         return jax.block_until_ready(m)
 
+    if fingerprint:
+        one.program = hashlib.sha256(step.lower(holder["state"], batch).as_text().encode()).hexdigest()[:16]
     t = time.perf_counter()
     first = one()
+    one.step = step  # for checks on what was compiled (bench_ablation)
     return one, time.perf_counter() - t, {k: float(v) for k, v in first.items()}
 
 
@@ -235,7 +240,8 @@ def bench_ablation(variant: str, repeats: int, size: tuple[int, int, int] = (4, 
     """What each exact rewrite of the train step bought: one compiled step per row of :func:`_ablations`
     (the rewrites switched on one after another), all timed in turns in this process on the same
     batch and initial state. Each row gives its median seconds, its speed against the first row,
-    and the first step's loss and gradient norm (the rewrites change rounding only)."""
+    the first step's loss and gradient norm (the rewrites change rounding only) and a fingerprint of
+    the traced program."""
     from unittest import mock
 
     import numpy as np
@@ -249,12 +255,17 @@ def bench_ablation(variant: str, repeats: int, size: tuple[int, int, int] = (4, 
         with contextlib.ExitStack() as stack:
             for (module, name), fn in stand_ins.items():
                 stack.enter_context(mock.patch.object(module, name, fn))
-            fns[what], _, firsts[what] = _train_step(variant, "float32", images, labels)
+            fns[what], _, firsts[what] = _train_step(variant, "float32", images, labels, fingerprint=True)
     med = _paired_medians(fns, repeats)
+    # Each step must have been compiled once, inside its patches: a retrace after them would time the
+    # shipped code under another row's name.
+    retraced = [what for what, fn in fns.items() if fn.step._cache_size() != 1]  # noqa: SLF001
+    if retraced:
+        raise RuntimeError(f"the ablation's train steps were traced again after their patches: {retraced}")
     base = med[next(iter(med))][0]
     return [{"variant": variant, "what": f"train step {b}x{h}x{w}: {what}", "seconds": med[what][0],
              "speedup": base / med[what][0], "runs": len(med[what][1]), "loss": firsts[what]["loss"],
-             "grad_norm": firsts[what]["grad_norm"]} for what in fns]
+             "grad_norm": firsts[what]["grad_norm"], "program": fns[what].program} for what in fns]
 
 
 def bench_pipeline(repeats: int) -> dict:

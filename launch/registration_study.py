@@ -36,7 +36,8 @@ PAPER = (4240, 2832)
 
 
 def _truth_maps(patient, a, b, size_a, size_b, step: int):
-    """The true follow-up pixel of every ``step``-th baseline face pixel: (xs, ys, xb, yb, seen)."""
+    """The true follow-up pixel of every ``step``-th baseline face pixel: (xs, ys, xb, yb, seen, (yi, xi)),
+    ``seen`` where the follow-up shows that point on its face, (yi, xi) the rounded follow-up pixel."""
     from vitijax.data import synthetic
 
     ys, xs = np.nonzero(a.face_mask[::step, ::step])

@@ -100,7 +100,8 @@ def test_quick_benchmark_prints_and_writes_every_row(tmp_path):
 def test_ablation_switches_each_rewrite_on_in_turn_and_they_change_rounding_only():
     """``--ablation``: one train step per rewrite switched on, the first row autodiff of the plain
     formulas. A stand-in that failed to reach the traced step would leave two rows with the same
-    program; a rewrite that changed the mathematics would move the first step's loss or gradient."""
+    program; a rewrite that changed the mathematics would move the first step's loss or gradient.
+    (bench_ablation itself refuses steps that were traced again after their patches.)"""
     from launch.benchmark import bench_ablation
     from vitijax.models import custom_grads
 
@@ -111,7 +112,7 @@ def test_ablation_switches_each_rewrite_on_in_turn_and_they_change_rounding_only
     for r in rows[:-1]:
         assert r["loss"] == pytest.approx(shipped["loss"], rel=1e-5)
         assert r["grad_norm"] == pytest.approx(shipped["grad_norm"], rel=1e-4)
-    # The rows differ in what was traced: autodiff's batch norm gives other float32 gradients.
-    assert rows[0]["grad_norm"] != rows[1]["grad_norm"]
+    # Every stand-in reached the traced step: each row's program differs from every other's.
+    assert len({r["program"] for r in rows}) == len(rows)
     # And the patches are gone afterwards.
     assert custom_grads.batch_norm_train.__class__.__name__ == "custom_vjp"

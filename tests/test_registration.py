@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vitijax.data import synthetic
-from vitijax.followup.registration import register
+from vitijax.followup.registration import Registration, register
 
 SIZE = (1060, 708)  # (height, width): a quarter of the paper's photos on each side
 
@@ -19,8 +19,9 @@ def true_errors(patient, a, b, reg, step=3):
     ys, xs = np.nonzero(a.face_mask[::step, ::step])
     ys, xs = ys * step, xs * step
     xb, yb, seen = synthetic.correspondence(patient, a.pose, SIZE, b.pose, SIZE, xs, ys)
-    inside = seen & (b.face_mask[np.clip(np.round(yb).astype(int), 0, SIZE[0] - 1),
-                                 np.clip(np.round(xb).astype(int), 0, SIZE[1] - 1)] > 0)
+    in_photo = (xb >= 0) & (xb <= SIZE[1] - 1) & (yb >= 0) & (yb <= SIZE[0] - 1)
+    inside = seen & in_photo & (b.face_mask[np.clip(np.round(yb).astype(int), 0, SIZE[0] - 1),
+                                            np.clip(np.round(xb).astype(int), 0, SIZE[1] - 1)] > 0)
     pred = reg.to_followup(np.stack([xs, ys], -1))
     return np.hypot(pred[:, 0] - xb, pred[:, 1] - yb)[inside] / (a.face_box[2] - a.face_box[0])
 
@@ -36,11 +37,11 @@ def test_projection_inverts_the_ray_trace_and_lands_on_the_rendered_lesion():
     # A lesion's centre, projected, is a pixel the renderer labelled vitiligo (or an island inside it).
     lesion = max(patient.lesions, key=lambda l: l.radius)
     lx, ly, lf = synthetic.project(patient, photo.pose, SIZE, np.array([lesion.azimuth]), np.array([lesion.elevation]))
-    if lf[0]:
-        r = 2
-        patch = photo.vitiligo_mask[int(round(ly[0])) - r:int(round(ly[0])) + r + 1,
-                                    int(round(lx[0])) - r:int(round(lx[0])) + r + 1]
-        assert patch.mean() > 0.5
+    assert lf[0]  # this patient's largest lesion faces the camera in this photo
+    r = 2
+    patch = photo.vitiligo_mask[int(round(ly[0])) - r:int(round(ly[0])) + r + 1,
+                                int(round(lx[0])) - r:int(round(lx[0])) + r + 1]
+    assert patch.mean() > 0.5
 
 
 def test_standard_photos_keep_their_pose_and_pixels_and_repeat_shots_differ():
@@ -68,7 +69,7 @@ def test_registration_finds_the_true_correspondence(view):
     patient = synthetic.make_patient(11, 0)
     a = synthetic.render(patient, 0, view, SIZE)
     b = synthetic.render(patient, 1, view, SIZE, synthetic.FOLLOW_UP)
-    identity = dataclasses.replace(register(a.image, a.face_mask, b.image, b.face_mask), affine=np.eye(2, 3), flow=None)
+    identity = Registration(np.eye(2, 3), None, 1.0, SIZE, SIZE, float("nan"), float("nan"), True)
     reg = register(a.image, a.face_mask, b.image, b.face_mask, a.vitiligo_mask, b.vitiligo_mask)
     err, before = true_errors(patient, a, b, reg), true_errors(patient, a, b, identity)
     assert reg.ok, reg.reason

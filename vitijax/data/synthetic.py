@@ -407,10 +407,11 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     glare_px = np.empty((h, w), np.uint8)
     # Glare gain and pose have their own draws, so the camera draws of every bundled data set stay.
     # A repeat shot (shot > 0) of the same visit draws its own pose, glare and camera.
-    again = [shot] if shot else []
+    shot_key = [shot] if shot else []
     gain = 1.0
     if acquisition is not None:
-        gain = float(_rng("glare", patient.seed, patient.patient_id, visit, view, *again).uniform(*acquisition.glare))
+        gain_rng = _rng("glare", patient.seed, patient.patient_id, visit, view, *shot_key)
+        gain = float(gain_rng.uniform(*acquisition.glare))
     pose = photo_pose(patient, visit, view, acquisition, shot)
     band = max(1, (1 << 20) // w)
     for y0 in range(0, h, band):
@@ -418,7 +419,7 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
         image[y0:y1], face[y0:y1], vitiligo[y0:y1], glare_px[y0:y1] = _render_rows(
             patient, visit, view, size, y0, y1, glare=gain, pose=pose)
     # Optics and sensor: a little blur (scaled to resolution), exposure and noise.
-    r = _rng("camera", patient.seed, patient.patient_id, visit, view, *again)
+    r = _rng("camera", patient.seed, patient.patient_id, visit, view, *shot_key)
     sigma = max(0.5, 0.0012 * h)
     if acquisition is None:  # the draws of every bundled data set, unchanged
         image = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")

@@ -6,12 +6,13 @@ the disease's. This module finds, for every baseline pixel, the follow-up pixel
 that shows the same point of the skin, so that change is measured on the
 region both photos see, in baseline coordinates.
 
-How (OpenCV, at a working resolution where the baseline face is
-:data:`WORK_FACE_PX` pixels across):
+How (OpenCV, at a working resolution where the baseline face's larger side is
+:data:`WORK_FACE_PX` pixels, or the photo's own when the face is smaller):
 
 1. **Start** from the two face masks: the affine map that takes the baseline
    mask's centroid and second moments onto the follow-up's (translation,
-   scale, shear; no rotation, which the next step finds).
+   scale, shear; it does not look for the head's tilt, which the next step
+   finds).
 2. **Refine** the affine map by ECC (``cv2.findTransformECCWithMask``, the
    enhanced correlation coefficient of Evangelidis and Psarakis 2008) on the
    grey-level photos, coarse to fine, over the face with its holes filled (the
@@ -40,10 +41,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-WORK_FACE_PX = 384  # the baseline face's larger side at the working resolution, pixels
+WORK_FACE_PX = 384  # the baseline face's larger side at the working resolution, pixels (at most)
 MIN_ECC = 0.6  # below: the photos do not correlate on the skin: flagged
 MIN_FACE_IOU = 0.85  # below: the warped follow-up face covers the baseline face poorly: flagged
-FLOW_SMOOTH = 0.04  # sigma of the flow's smoothing, in units of the working face size
+FLOW_SMOOTH = 0.04  # sigma of the flow's smoothing, times WORK_FACE_PX working pixels
 FLOW_SMOOTH_COARSE = 0.15  # the same, inside lesions too large for the fine scale to reach across
 
 
@@ -119,14 +120,14 @@ def _moments_affine(base: np.ndarray, follow: np.ndarray) -> np.ndarray:
         pts = np.stack([xs, ys], -1).astype(np.float64)
         return pts.mean(0), np.cov(pts.T)
 
-    cb, sb = stats(base)
-    cf, sf = stats(follow)
+    cb, cov_b = stats(base)
+    cf, cov_f = stats(follow)
 
     def sqrtm(s, power):
         vals, vecs = np.linalg.eigh(s)
         return (vecs * vals ** power) @ vecs.T
 
-    lin = sqrtm(sf, 0.5) @ sqrtm(sb, -0.5)
+    lin = sqrtm(cov_f, 0.5) @ sqrtm(cov_b, -0.5)
     return np.concatenate([lin, (cf - lin @ cb)[:, None]], 1)
 
 

@@ -3,17 +3,18 @@
 The same mathematics as JAX's autodiff, in forms that XLA's CPU backend runs
 faster. Together with :func:`vitijax.losses.pick_class` they make the
 DDRNet-23-slim train step at 4x512x512 1.22x faster on a 2-core CPU
-(docs/benchmarks.md, "What was tried"); gradients differ from autodiff's only
-in float32 rounding (about 1e-7 relative, ``tests/test_custom_grads.py``).
+(docs/benchmarks.md, "What was tried"; measured on CPU only, and used on every
+backend); gradients differ from autodiff's only in float32 rounding (1e-7 to
+1e-6 relative; ``tests/test_custom_grads.py`` bounds them at 1e-6 and 1e-5).
 
 * :func:`batch_norm_train`: autodiff differentiates the two-pass variance
   through the mean as well, which costs extra full-tensor reductions whose sum
   is zero in exact arithmetic. The textbook gradient needs two per-channel
   reductions, ``sum(g)`` and ``sum(g * (x - mean))``. Every per-channel sum,
   forward and backward, is a matrix-vector product (:func:`_channel_sum`),
-  which rounds differently from ``jnp.sum`` but more precisely: DDRNet's
-  train-mode logits land 5.5e-5 from PyTorch's (4.8e-5 with ``jnp.sum``; the
-  parity bound is 1e-4).
+  which rounds differently from ``jnp.sum``, and closer to the float64 sum;
+  DDRNet's train-mode logits land 5.5e-5 from PyTorch's float32 ones (4.8e-5
+  with ``jnp.sum``; the parity bound is 1e-4).
 * :func:`conv3x3_stride2`: autodiff's input gradient of a stride-2 convolution
   is a convolution over the cotangent dilated with zeros (three of every four
   input pixels are zero), which XLA CPU runs slowly at high resolution. Here it
@@ -46,7 +47,10 @@ def _channel_sum(v: jax.Array) -> jax.Array:
         return jnp.sum(v, 0)
     w, c = v.shape[-2:]
     r = v.size // (w * c)
-    return jnp.sum((jnp.ones((r,), v.dtype) @ v.reshape(r, w * c)).reshape(w, c), 0)
+    # HIGHEST: on GPUs the default float32 matmul precision is TF32 (bfloat16 on TPUs), which would
+    # put errors of 1e-4 to 1e-3 into every statistic; on CPU it changes nothing.
+    rows = jnp.dot(jnp.ones((r,), v.dtype), v.reshape(r, w * c), precision=lax.Precision.HIGHEST)
+    return jnp.sum(rows.reshape(w, c), 0)
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
@@ -108,16 +112,16 @@ def _conv_s2_bwd(residuals, g):
     # Weight gradient: autodiff's own rule (XLA drops the unused forward).
     _, kernel_vjp = jax.vjp(lambda k: _conv_s2(x, k), kernel)
     (d_kernel,) = kernel_vjp(g)
-    # Input gradient: dx[2m+p, 2n+q] = sum_{a,b in {0,1}} g[m+a, n+b] . kernel[tap(a,p), tap(b,q)]^T.
+    # Input gradient: dx[2m+p, 2n+q] = sum_{oy,ox in {0,1}} g[m+oy, n+ox] . kernel[tap(oy,p), tap(ox,q)]^T.
     zero = jnp.zeros((c_in, c_out), kernel.dtype)
     rows = []
-    for a in (0, 1):
+    for oy in (0, 1):  # the cotangent's row offset
         cols = []
-        for bb in (0, 1):
+        for ox in (0, 1):  # and column offset
             per_parity = []
             for p in (0, 1):
                 for q in (0, 1):
-                    ty, tx = _TAP[(a, p)], _TAP[(bb, q)]
+                    ty, tx = _TAP[(oy, p)], _TAP[(ox, q)]
                     per_parity.append(zero if ty is None or tx is None else kernel[ty, tx])
             # [c_in, c_out] x 4 parities -> [c_out, 4 * c_in] (parity-major), as an HWIO tap.
             cols.append(jnp.concatenate([t.T for t in per_parity], axis=1))

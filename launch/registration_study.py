@@ -49,8 +49,9 @@ def _truth_maps(patient, a, b, size_a, size_b, step: int):
     return xs, ys, xb, yb, seen, (yi, xi)
 
 
-def score_pair(patient, a, b, size, step: int = 4) -> dict:
-    """Registers photo ``b`` to ``a`` (both rendered at ``size``) and scores it against the truth."""
+def score_pair(patient, a, b, size, step: int = 4) -> tuple[dict, object]:
+    """Registers photo ``b`` to ``a`` (both rendered at ``size``) and scores it against the truth:
+    (the row, the :class:`Registration`)."""
     from vitijax.followup.registration import register
 
     t = time.perf_counter()
@@ -79,7 +80,7 @@ def score_pair(patient, a, b, size, step: int = 4) -> dict:
             "errors_px": {k: v.tolist() for k, v in errors.items()},
             "true_common_change_pp": float(true_change),
             "registered_common_change_pp": float(100 * (reg_b.mean() - base_vit.mean())),
-            "whole_face_change_pp": float(b.ratio - a.ratio)}
+            "whole_face_change_pp": float(b.ratio - a.ratio)}, reg
 
 
 def summarise(pairs: list[dict]) -> dict:
@@ -129,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--picture", help="a PNG of one registered pair (for the docs)")
     a = p.parse_args(argv)
     from vitijax.data import synthetic
-    from vitijax.followup.registration import register
     from vitijax.run_log import format_seconds
 
     size = tuple(a.size)
@@ -145,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             others = [(v, 0) for v in range(1, a.visits)] + [(0, s) for s in range(1, a.shots)]
             for visit, shot in others:
                 other = synthetic.render(patient, visit, view, size, synthetic.FOLLOW_UP, shot=shot)
-                pairs.append(score_pair(patient, base, other, size))
+                row, reg = score_pair(patient, base, other, size)
+                pairs.append(row)
                 if shown is None and a.picture and visit == 1:
-                    shown = (base, other)
+                    shown = (base, other, reg)
                 done = len(pairs)
                 el = time.perf_counter() - t0
                 print(f"[{done}/{total}] {patient.patient_id} {view} visit {visit} shot {shot}: median error "
@@ -172,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary['seconds_per_registration']:.2f} s per registration (median); wrote "
           f"{os.path.join(a.out, 'study.json')}")
     if a.picture and shown:
-        base, other = shown
-        reg = register(base.image, base.face_mask, other.image, other.face_mask, base.vitiligo_mask,
-                       other.vitiligo_mask)
-        picture(a.picture, base, other, reg)
+        picture(a.picture, *shown)
         print(f"wrote {a.picture}")
     return 0
 

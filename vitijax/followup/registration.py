@@ -135,13 +135,20 @@ def _moments_affine(base: np.ndarray, follow: np.ndarray) -> np.ndarray:
     return np.concatenate([lin, (cf - lin @ cb)[:, None]], 1)
 
 
+def _normalised_blur(values: np.ndarray, weight: np.ndarray, sigma: float, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised convolution: the Gaussian-weighted mean of ``values`` [h, w] or [h, w, k] over the pixels
+    that ``weight`` [h, w] float32 trusts, and the blurred weight (the support) [h, w]."""
+    den = cv2.GaussianBlur(weight, (0, 0), sigma)
+    planes = values[..., None] if values.ndim == 2 else values
+    num = np.stack([cv2.GaussianBlur(planes[..., i] * weight, (0, 0), sigma) for i in range(planes.shape[-1])], -1)
+    mean = num / np.maximum(den, eps)[..., None]
+    return (mean[..., 0] if values.ndim == 2 else mean), den
+
+
 def _fill_lesions(grey: np.ndarray, lesions: np.ndarray, sigma: float) -> np.ndarray:
     """``grey`` with lesion pixels replaced by the blurred surrounding non-lesion grey (normalised
     convolution), so that flow sees skin where the disease changed."""
-    keep = (~lesions).astype(np.float32)
-    num = cv2.GaussianBlur(grey * keep, (0, 0), sigma)
-    den = cv2.GaussianBlur(keep, (0, 0), sigma)
-    filled = num / np.maximum(den, 1e-3)
+    filled, _ = _normalised_blur(grey, (~lesions).astype(np.float32), sigma, 1e-3)
     return np.where(lesions, filled, grey).astype(np.float32)
 
 
@@ -165,7 +172,8 @@ def register(baseline: np.ndarray, baseline_face: np.ndarray, followup: np.ndarr
     lf = _mask(followup_lesions, gf.shape) if followup_lesions is not None else np.zeros_like(ff)
     # The face with its holes (eyes, nostrils) filled, a little beyond its outline, lesions left out.
     grow = np.ones((5, 5), bool)
-    valid_b = ndimage.binary_dilation(ndimage.binary_fill_holes(fb), grow, 2) & ~ndimage.binary_dilation(lb, grow)
+    face_b = ndimage.binary_fill_holes(fb)
+    valid_b = ndimage.binary_dilation(face_b, grow, 2) & ~ndimage.binary_dilation(lb, grow)
     valid_f = ndimage.binary_dilation(ndimage.binary_fill_holes(ff), grow, 2) & ~ndimage.binary_dilation(lf, grow)
     d_base, d_follow = _scaling(baseline.shape[:2], gb.shape), _scaling(followup.shape[:2], gf.shape)
 
@@ -226,15 +234,13 @@ def register(baseline: np.ndarray, baseline_face: np.ndarray, followup: np.ndarr
         # motion to see) nor off the face. Normalised convolution spreads the trusted flow into those
         # holes: at a fine scale where trusted pixels are near, at a coarse one inside large lesions;
         # off the face the offset decays to zero.
-        face = ndimage.binary_fill_holes(fb).astype(np.float32)
+        face = face_b.astype(np.float32)
         trusted = face * ~holes
         offset = np.zeros_like(raw)
         for sigma_face in (FLOW_SMOOTH_COARSE, FLOW_SMOOTH):  # the fine scale overrides where it has support
-            sigma = sigma_face * WORK_FACE_PX
-            den = cv2.GaussianBlur(trusted, (0, 0), sigma)
-            num = np.stack([cv2.GaussianBlur(raw[..., i] * trusted, (0, 0), sigma) for i in (0, 1)], -1)
+            mean, den = _normalised_blur(raw, trusted, sigma_face * WORK_FACE_PX, 1e-6)
             support = den > 0.2
-            offset[support] = (num / np.maximum(den, 1e-6)[..., None])[support]
+            offset[support] = mean[support]
         offset *= np.minimum(cv2.GaussianBlur(face, (0, 0), FLOW_SMOOTH * WORK_FACE_PX) * 4, 1)[..., None]
         # An offset in the aligned frame is an offset in the follow-up by the affine's linear part;
         # stored in the follow-up photo's pixels, sampled on the baseline's working grid.

@@ -81,9 +81,17 @@ class Lesion:
     radius: float  # angular radius at the first visit, radians
     roughness: float  # amplitude of the border's irregularity, relative to radius
     border: float  # width of the soft border, relative to radius (0.02 sharp .. 0.5 blurred)
-    contrast: float  # 1 = full lesion brightness; 0.3 = faint, low-contrast lesion
+    contrast: float  # depigmentation degree at the first visit: 1 = fully depigmented; 0.3 = faint, partial
     response: float  # multiplier of the patient's treatment rate for this lesion
     noise_seed: int
+    fade: float = 0.0  # diffuse repigmentation: the degree falls by this share of itself per visit
+
+
+def degree(lesion: Lesion, visit: int) -> float:
+    """The lesion's depigmentation degree at ``visit``, in [0, 1]: how far its interior goes from the
+    patient's normal skin (0) to fully depigmented skin (1). Pixels mix ``degree`` of the lesion colour
+    into the skin."""
+    return lesion.contrast * max(0.1, 1.0 - lesion.fade * visit) if lesion.fade else lesion.contrast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +124,9 @@ class SyntheticImage:
     not). glare: the photo's glare gain (1 = the patient's own highlights, :class:`Acquisition`).
     shot: which repeat shot of the visit (0: the first). pose: where the head is (:func:`project` maps
     canonical face points to this photo's pixels with it, :func:`surface` pixels to points).
+    lesion_ids: which generator lesion each vitiligo pixel belongs to (0 elsewhere; where lesions overlap,
+    the one that shows most), the identity that lesion tracking is scored against; its degree at this
+    visit is ``degree(patient.lesions[id - 1], visit)``.
     """
 
     image: np.ndarray
@@ -131,6 +142,7 @@ class SyntheticImage:
     glare: float = 1.0
     shot: int = 0
     pose: Pose | None = None
+    lesion_ids: np.ndarray | None = None  # [h, w] uint16: 1 + the index in Patient.lesions of each vitiligo pixel's lesion
 
 
 def _rng(*keys) -> np.random.Generator:
@@ -144,8 +156,12 @@ def _direction(azimuth, elevation):
                      np.cos(elevation) * np.cos(azimuth)], axis=-1)
 
 
-def make_patient(seed: int, index: int, subtype: str | None = None) -> Patient:
-    """Draws patient ``index`` of data set ``seed``; the same arguments give the same patient."""
+def make_patient(seed: int, index: int, subtype: str | None = None, diffuse: bool = False) -> Patient:
+    """Draws patient ``index`` of data set ``seed``; the same arguments give the same patient.
+
+    ``diffuse``: lesions of a responder may also repigment diffusely (their degree fades by 5-25 % of
+    itself per visit, each lesion with probability 0.5), drawn from a stream of its own so that every
+    other draw, and every bundled data set (drawn without), stays as it was."""
     r = _rng("patient", seed, index)
     subtype = subtype or SUBTYPES[int(r.integers(len(SUBTYPES)))]
     kind = r.choice(["responder", "responder", "non-responder", "worsening"], p=[0.4, 0.25, 0.2, 0.15])
@@ -159,6 +175,10 @@ def make_patient(seed: int, index: int, subtype: str | None = None) -> Patient:
                      r.uniform(0.8, 1.1))
     hairline = r.uniform(0.62, 0.85)
     lesions = _draw_lesions(r, subtype, hairline)
+    if diffuse and rate > 0.05:
+        rd = _rng("diffuse", seed, index)
+        lesions = tuple(dataclasses.replace(les, fade=float(rd.uniform(0.05, 0.25)) if rd.random() < 0.5 else 0.0)
+                        for les in lesions)
     return Patient(
         patient_id=f"P{index:03d}", seed=seed, subtype=subtype, rate=float(rate),
         head_center=(r.uniform(0.45, 0.55), r.uniform(0.36, 0.44)),
@@ -405,6 +425,7 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     face = np.empty((h, w), np.uint8)
     vitiligo = np.empty((h, w), np.uint8)
     glare_px = np.empty((h, w), np.uint8)
+    ids = np.empty((h, w), np.uint16)
     # Glare gain and pose have their own draws, so the camera draws of every bundled data set stay.
     # A repeat shot (shot > 0) of the same visit draws its own pose, glare and camera.
     shot_key = [shot] if shot else []
@@ -416,7 +437,7 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     band = max(1, (1 << 20) // w)
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)
-        image[y0:y1], face[y0:y1], vitiligo[y0:y1], glare_px[y0:y1] = _render_rows(
+        image[y0:y1], face[y0:y1], vitiligo[y0:y1], glare_px[y0:y1], ids[y0:y1] = _render_rows(
             patient, visit, view, size, y0, y1, glare=gain, pose=pose)
     # Optics and sensor: a little blur (scaled to resolution), exposure and noise.
     r = _rng("camera", patient.seed, patient.patient_id, visit, view, *shot_key)
@@ -437,7 +458,7 @@ def render(patient: Patient, visit: int, view: str, size: tuple[int, int] = (384
     n_face = int(face.sum())
     ratio = 100.0 * float(vitiligo.sum()) / n_face if n_face else float("nan")
     return SyntheticImage(image, face, vitiligo, box, ratio, patient.patient_id, visit, view, patient.subtype,
-                          unassessable_mask=glare_px & face, glare=gain, shot=shot, pose=pose)
+                          unassessable_mask=glare_px & face, glare=gain, shot=shot, pose=pose, lesion_ids=ids)
 
 
 def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glare: float = 1.0,
@@ -495,7 +516,9 @@ def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glar
     alpha = np.zeros(X.shape, np.float32)
     strength = np.zeros(X.shape, np.float32)
     label = np.zeros(X.shape, bool)
-    for les in p.lesions:
+    owner = np.zeros(X.shape, np.uint16)  # which lesion each labelled pixel belongs to (1 + index)
+    shown = np.zeros(X.shape, np.float32)
+    for index, les in enumerate(p.lesions):
         scale = max(0.0, 1.0 - p.rate * les.response * visit)
         radius = les.radius * scale
         if radius < 0.01:
@@ -508,10 +531,15 @@ def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glar
         sd[near] = (radius * (1 + les.roughness * _fourier_noise(q[near], les.noise_seed, 8, 5.0 / max(radius, .05)))
                     - d[near]) / radius
         a = np.clip(0.5 + sd / les.border, 0, 1) * near
-        take = a * les.contrast > alpha * strength
+        deg = degree(les, visit)
+        take = a * deg > alpha * strength
         alpha = np.where(take, a, alpha)
-        strength = np.where(take, les.contrast, strength)
-        label |= near & (sd > 0)
+        strength = np.where(take, deg, strength)
+        inside = near & (sd > 0)
+        label |= inside
+        mine = inside & (a * deg > shown)
+        owner[mine] = index + 1
+        shown = np.where(mine, a * deg, shown)
     density = float(np.clip(p.islands + max(p.rate, 0) * 0.35 * visit, 0, 0.7))
     cell = 0.045
     ci, cj = np.floor(az / cell), np.floor(el / cell)
@@ -543,7 +571,8 @@ def _render_rows(p: Patient, visit: int, view: str, size, y0: int, y1: int, glar
     img = img + (np.asarray([235, 238, 255], np.float32) - img) * spec[..., None]
 
     vitiligo = label & face & ~brows
-    return img, face.astype(np.uint8), vitiligo.astype(np.uint8), (spec >= GLARE_LEVEL).astype(np.uint8)
+    return (img, face.astype(np.uint8), vitiligo.astype(np.uint8), (spec >= GLARE_LEVEL).astype(np.uint8),
+            np.where(vitiligo, owner, 0).astype(np.uint16))
 
 
 def generate(seed: int, num_patients: int, visits: int = 3, size: tuple[int, int] = (384, 256),

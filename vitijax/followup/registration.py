@@ -102,10 +102,12 @@ class Registration:
             mx, my = mx + up[..., 0], my + up[..., 1]
         return mx, my
 
-    def warp(self, followup: np.ndarray, nearest: bool = False) -> np.ndarray:
+    def warp(self, followup: np.ndarray, nearest: bool = False,
+             maps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """``followup`` [h', w'(, c)] (photo, mask or map of the follow-up photo) resampled onto the
-        baseline's pixel grid, [h, w(, c)]; outside the follow-up photo: 0. ``nearest`` for masks."""
-        mx, my = self.maps()
+        baseline's pixel grid, [h, w(, c)]; outside the follow-up photo: 0. ``nearest`` for masks.
+        ``maps``: :meth:`maps` computed once for several warps (12M-pixel photos)."""
+        mx, my = maps if maps is not None else self.maps()
         return cv2.remap(followup, mx, my, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 

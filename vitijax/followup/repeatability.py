@@ -1,0 +1,62 @@
+"""Test-retest repeatability of a measurement from repeat photographs of one visit.
+
+A *subject* here is one patient in one view at one visit, photographed ``k >= 2`` times (the patient
+re-seated, the camera re-aimed); each photo is measured on its own. With subjects ``i`` and their
+repeat values ``x_ij``:
+
+* **within-subject SD** ``S_w`` = sqrt(mean over subjects of the sample variance of ``x_ij``) (the
+  standard error of measurement, SEM);
+* **coefficient of variation** (root mean square over subjects of SD_i / mean_i, in %), over the
+  subjects with a mean above zero (what Vitil-IA reports as "< 3 % repeat variation");
+* **ICC(1,1)**: one-way random-effects intraclass correlation, (MSB - MSW) / (MSB + (k - 1) MSW)
+  with ``k`` the mean number of repeats (Shrout and Fleiss 1979): the share of the values' spread
+  that is between subjects, not between repeats;
+* **smallest detectable change** SDC = 1.96 x sqrt(2) x SEM: a change between two photos smaller
+  than this is within what re-photographing the same face produces, at 95 %.
+
+:func:`detectable` is the rule the reports use: a change with an absolute value below the SDC is
+"no detectable change".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def summarise(groups: Mapping[object, Sequence[float]]) -> dict[str, float]:
+    """Repeatability figures of ``groups`` {subject: repeat values} (subjects with fewer than 2 finite
+    values are left out); NaN where too few subjects remain (ICC needs 2)."""
+    values = [np.asarray([v for v in vals if v is not None and math.isfinite(v)], np.float64)
+              for vals in groups.values()]
+    values = [v for v in values if len(v) >= 2]
+    out = {"subjects": len(values), "photos": int(sum(len(v) for v in values)), "mean": math.nan,
+           "within_sd": math.nan, "cv_pct": math.nan, "icc": math.nan, "sdc": math.nan}
+    if not values:
+        return out
+    variances = np.array([v.var(ddof=1) for v in values])
+    means = np.array([v.mean() for v in values])
+    sw = float(np.sqrt(variances.mean()))
+    positive = means > 0
+    out.update(mean=float(means.mean()), within_sd=sw, sdc=1.96 * math.sqrt(2.0) * sw)
+    if positive.any():
+        out["cv_pct"] = float(100.0 * np.sqrt(np.mean(variances[positive] / means[positive] ** 2)))
+    if len(values) >= 2:
+        n = np.array([len(v) for v in values], np.float64)
+        grand = float(np.concatenate(values).mean())
+        msb = float((n * (means - grand) ** 2).sum() / (len(values) - 1))
+        msw = float(sum(((v - v.mean()) ** 2).sum() for v in values) / (n.sum() - len(values)))
+        k = float(n.mean())
+        denom = msb + (k - 1) * msw
+        out["icc"] = (msb - msw) / denom if denom > 0 else math.nan
+    return out
+
+
+def detectable(change: float, sdc: float) -> bool | None:
+    """True when ``|change| >= sdc`` (a real change, at 95 %), False below it ("no detectable change"),
+    None when either is undefined."""
+    if not (math.isfinite(change) and math.isfinite(sdc)):
+        return None
+    return abs(change) >= sdc

@@ -11,8 +11,15 @@ face-box network, else RetinaFace), crop, face mask (the bundle's face-mask
 network, else an ellipse in the RetinaFace box; or ``--face-mask
 ground_truth`` with the manifest's masks), the lesion network on the masked
 crop, masks pasted back at full resolution, F-Vitiligo in percent, quality
-flags. Then, per patient, the change from the first visit, a plot over
-visits and before/after overlays. What is written where: ``vitijax/report/followup.py``.
+flags. Then, per patient and view, every later photo is registered onto the
+baseline (the earliest visit) and compared with it on the face both show: the
+change of F-Vitiligo and whether it exceeds the smallest detectable change, a
+change map, the lesions tracked one by one (new, gone, enlarged, shrunk, merged,
+split) with their repigmentation pattern, and an F-VASI estimate with the
+F-VASI50/75 calls (``vitijax/followup/visits.py``; ``--no-follow-up`` skips
+it). Everything goes into the study record ``results.json``
+(``vitijax/study.py``) and the reports. What is written where:
+``vitijax/report/followup.py``.
 
 A file that cannot be read, a photo without a face, an empty face mask: the
 photo is listed with the reason (ratio undefined) and the rest is analysed.
@@ -87,7 +94,8 @@ def read_inputs(batch, needs_truth):
 
     rows, loaded = [], []
     for inp in batch:
-        row = {"patient": inp.patient, "visit": inp.visit, "view": inp.view, "file": inp.path, "status": "failed",
+        row = {"patient": inp.patient, "visit": inp.visit, "view": inp.view, "shot": inp.shot, "file": inp.path,
+               "status": "failed",
                "reason": "", "ratio": math.nan, "flags": [], "files": {}}
         rows.append(row)
         try:
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="test-time augmentation (the mirrored crop; a lesion either "
                    "view sees is kept) and an uncertainty map")
     p.add_argument("--probability", action="store_true", help="also write the lesion probability map")
+    p.add_argument("--no-follow-up", action="store_true", help="skip the follow-up (registration of every visit "
+                   "onto the baseline, change maps, lesion tracks, F-VASI): ratios and overlays only")
     p.add_argument("--batch-size", type=int, default=4,
                    help="photos read and analysed together; the networks always run on batches of this size (the "
                         "last padded), so the results do not depend on which photos share a batch")
@@ -315,7 +325,17 @@ def _run(a, children) -> int:
             return 1
         cluster.leave()
     seconds = time.perf_counter() - t0
-    paths = write_results(a.out, rows, problems, info)
+    follow = None
+    if not a.no_follow_up:
+        from vitijax.followup.visits import follow_up
+
+        t1 = time.perf_counter()
+        follow = follow_up(a.out, rows)
+        if follow["pairs"]:
+            print(f"follow-up: {follow['pairs']} photos registered onto their baselines in "
+                  f"{time.perf_counter() - t1:.1f} s; smallest detectable change {follow['sdc_pp']:.2f} pp "
+                  f"({follow['sdc_source']})", flush=True)
+    paths = write_results(a.out, rows, problems, info, follow)
     print(f"{len(rows)} photos in {seconds:.1f} s: {len(rows) / seconds:.2f} photos/s with {n} process(es)", flush=True)
     print(summary_line(rows, problems) + f"  Report: {paths['index']}  Table: {paths['csv']}")
     # Non-zero when nothing got a ratio: a script or a person must not mistake an empty analysis for a result.

@@ -14,7 +14,6 @@ coco|cvat|labelstudio --face face --lesion lesion``: unchanged masks come back b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -28,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from vitijax.data import annotations as ann_lib
 
-    if not os.path.isfile(os.path.join(a.results, "results.json")):
-        print(f"error: {a.results}: no results.json (a launch.analyze output folder?)", file=sys.stderr)
+    try:
+        root, rows = ann_lib.analysis_photos(a.results)
+    except (FileNotFoundError, ValueError) as e:  # not an analysis folder, or a broken study record
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    root, rows = ann_lib.analysis_photos(a.results)
     if not rows:
         print(f"error: {a.results}: no photo with masks to export", file=sys.stderr)
         return 1

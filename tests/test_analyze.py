@@ -101,6 +101,34 @@ def test_follow_up_of_synthetic_patients(bundle, tmp_path):
     means = [np.mean([p["ratio"] for p in p2 if p["visit"] == v]) for v in (0, 1)]
     assert f"{means[0]:.2f} &rarr; {means[1]:.2f}" in index
     assert '{"' not in index and "variant: " in index
+    # follow-up: each visit-1 photo registered onto its visit-0 baseline, in the record and the report
+    from vitijax import study as study_lib
+
+    rec = study_lib.load(str(out))
+    for p in rec.analysed():
+        fu = p["follow_up"]
+        if p["visit"] == 0:
+            assert fu["role"] == "baseline" and (out / p["files"]["aligned"]).is_file()
+            continue
+        assert fu["role"] == "follow-up" and fu["baseline"]["visit"] == 0
+        assert isinstance(fu["registration"]["ok"], bool) and len(fu["registration"]["affine"]) == 2
+        # the change map's pixels add up to the baseline's face, and its picture is written
+        base = rec.photo(p["patient"], 0, p["view"])
+        assert sum(fu["change_map_pixels"].values()) == 360 * 240
+        assert (fu["change_map_pixels"]["outside the common region"] +
+                fu["change_map_pixels"]["normal skin"] + fu["change_map_pixels"]["stable lesion"] +
+                fu["change_map_pixels"]["repigmented"] >= base["face_pixels"])
+        assert Image.open(out / p["files"]["change_map"]).mode == "RGB"
+        assert fu["detectable"] in (True, False) or fu["change_common_pp"] is None
+        for t in fu["tracks"]:
+            assert t["event"] in ("new", "disappeared", "enlarged", "shrunk", "stable", "merged", "split",
+                                  "merged and split")
+    assert rec.follow_up["sdc_source"].startswith("launch.followup_study")  # no repeat shots here
+    report = (out / "patients" / "p2" / "report.html").read_text()
+    assert "Follow-up: every visit registered onto the baseline" in report and 'type=range' in report
+    assert (out / "patients" / "p2" / "trajectory.png").is_file()
+    header = next(csv.reader(open(out / "results.csv")))
+    assert {"shot", "change_common_pp", "detectable_change", "fvasi", "fvasi75"} <= set(header)
 
 
 def test_a_corrupt_file_and_a_photo_without_a_face_do_not_stop_the_batch(bundle, tmp_path):
@@ -164,17 +192,21 @@ def test_photo_inputs_from_layout_folders_files_and_a_manifest(tmp_path):
     from vitijax.data.photos import find_photos
     from vitijax.report.followup import safe_name
 
-    for rel in ("P01/v1/front.jpg", "P01/v2/left.png", "P01/v2/notes.txt", "loose/IMG_7.tif"):
+    for rel in ("P01/v1/front.jpg", "P01/v2/left.png", "P01/v2/left-shot2.png", "P01/v2/notes.txt",
+                "loose/IMG_7.tif"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    (tmp_path / "m.csv").write_text("image,patient,visit,view\nP01/v1/front.jpg,Q,3,Front\nx.jpg,Q,later,left\n")
+    (tmp_path / "m.csv").write_text("image,patient,visit,view,shot\nP01/v1/front.jpg,Q,3,Front,\nx.jpg,Q,later,left,\n"
+                                    "y.jpg,Q,1,left,2\nz.jpg,Q,1,left,two\n")
     # a patient's folder given directly still reads patient and visit from the path
     photos, problems = find_photos([str(tmp_path / "P01"), str(tmp_path / "loose" / "IMG_7.tif"),
                                     str(tmp_path / "nope")], str(tmp_path / "m.csv"))
-    assert [(p.patient, p.visit, p.view) for p in photos] == [("P01", 1, "front"), ("P01", 2, "left"),
-                                                              ("IMG_7", 0, "unknown"), ("Q", 3, "front")]
+    assert [(p.patient, p.visit, p.view, p.shot) for p in photos] == [
+        ("P01", 1, "front", 0), ("P01", 2, "left", 2), ("P01", 2, "left", 0), ("IMG_7", 0, "unknown", 0),
+        ("Q", 3, "front", 0), ("Q", 1, "left", 2)]
     assert problems == [(str(tmp_path / "nope"), "no such file or folder"),
-                        (f"{tmp_path / 'm.csv'}:3", "visit 'later' is not a number")]
+                        (f"{tmp_path / 'm.csv'}:3", "visit 'later' is not a number"),
+                        (f"{tmp_path / 'm.csv'}:5", "shot 'two' is not a whole number")]
     # folder names: distinct ids stay distinct, nothing escapes upwards
     assert safe_name("P01") == "P01" and safe_name("a b") != safe_name("a_b")
     assert ".." not in safe_name("..").split("-")[0] and "/" not in safe_name("../x")

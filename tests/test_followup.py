@@ -220,3 +220,32 @@ def test_followup_study_end_to_end(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "change.png").size[1] > 100
+
+
+def test_study_record_round_trips(tmp_path):
+    """Written, read and written again: the same file; NaN comes back as NaN; a photo is found by its keys;
+    a folder without a record, or with a broken one, is refused by name."""
+    from vitijax import study
+
+    rows = [{"patient": "p<1>", "visit": 0, "view": "front", "shot": 0, "file": "/x/front.jpg", "status": "ok",
+             "ratio": 12.5, "change_pp": 0.0, "flags": [], "files": {"face_mask": "photos/p/v0_front/face_mask.png"},
+             "follow_up": {"role": "baseline", "fvasi": 7.25}},
+            {"patient": "p<1>", "visit": 1, "view": "front", "shot": 2, "file": "/x/front-shot2.jpg",
+             "status": "no ratio", "ratio": float("nan"), "flags": ["no face"], "files": {}}]
+    rec = study.from_rows(rows, [("/x/bad.jpg", "unreadable")], {"bundle": "m"}, {"sdc_pp": 1.2})
+    path = study.save(str(tmp_path), rec)
+    first = open(path).read()
+    back = study.load(str(tmp_path))
+    assert math.isnan(back.photos[1]["ratio"]) and back.photos[0]["ratio"] == 12.5
+    assert back.photo("p<1>", 1, "front", 2)["flags"] == ["no face"]
+    assert [p["file"] for p in back.analysed()] == ["/x/front.jpg"]
+    assert back.not_analysed == [{"file": "/x/bad.jpg", "reason": "unreadable"}] and back.follow_up["sdc_pp"] == 1.2
+    study.save(str(tmp_path), back)
+    assert open(path).read() == first
+    with pytest.raises(KeyError, match="visit 3"):
+        back.photo("p<1>", 3, "front")
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        study.load(str(tmp_path / "elsewhere"))
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable study record"):
+        study.load(str(tmp_path))

@@ -559,8 +559,9 @@ def write_layout(out: str, items: Iterable[Annotation], labels: LabelMap, find_s
 def analysis_photos(results_dir: str) -> tuple[str, list[dict]]:
     """(the folder holding all of them, the rows) of the photos of a ``launch.analyze`` output folder
     that got masks."""
-    with open(os.path.join(results_dir, "results.json")) as f:
-        rows = [p for p in json.load(f)["photos"] if "face_mask" in (p.get("files") or {})]
+    from vitijax import study
+
+    rows = list(study.load(results_dir).analysed())
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p["file"])) for p in rows]) if rows else ""
     return root, rows
 

@@ -5,15 +5,19 @@ Folder layout (the one the data set builder reads under ``images/``)::
     FOLDER/<patient>/<visit>/<view>.<jpg|jpeg|png|tif|tiff>
 
 ``visit`` is a number, optionally prefixed ``v`` (``0``, ``1``, ``v2``);
-``view`` is the file name, usually ``left``, ``front`` or ``right``. A photo
+``view`` is the file name, usually ``left``, ``front`` or ``right``; repeat
+shots of one view at one visit (the patient re-seated and photographed again,
+for ``launch.repeatability``) are ``<view>-shot<n>`` (``front-shot2.jpg``;
+the plain name is shot 0). A photo
 given by name (or found in a folder elsewhere than at that depth) is read the
 same way when its last three path parts fit the layout; otherwise its patient
 is its file name, its visit 0 and its view ``unknown``.
 
 Manifest (``--manifest FILE.csv``): columns ``image, patient, visit, view``
-and optionally ``face_mask`` (an annotated face mask, for the
-``ground_truth`` face-mask source); paths relative to the manifest's folder.
-A line with an unusable visit is reported, not analysed.
+and optionally ``shot`` (repeat shot number, 0 when empty) and ``face_mask``
+(an annotated face mask, for the ``ground_truth`` face-mask source); paths
+relative to the manifest's folder. A line with an unusable visit or shot is
+reported, not analysed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 from typing import Sequence
 
 from vitijax.data.folder import PHOTO_EXTS, parse_visit
@@ -33,6 +38,17 @@ class PhotoInput:
     visit: int
     view: str
     face_mask: str | None = None
+    shot: int = 0  # repeat shot of this view at this visit (0: the first or only one)
+
+
+_SHOT = re.compile(r"^(.+)-shot(\d+)$")
+
+
+def parse_view(stem: str) -> tuple[str, int]:
+    """(view, shot) from a photo's file name without extension: ``front`` -> (front, 0),
+    ``front-shot2`` -> (front, 2)."""
+    m = _SHOT.match(stem.lower())
+    return (m.group(1), int(m.group(2))) if m else (stem.lower(), 0)
 
 
 def _from_path(path: str) -> PhotoInput:
@@ -43,7 +59,8 @@ def _from_path(path: str) -> PhotoInput:
     if len(parts) >= 3:
         visit = parse_visit(parts[-2])
         if visit is not None:
-            return PhotoInput(os.path.abspath(path), parts[-3], visit, stem.lower())
+            view, shot = parse_view(stem)
+            return PhotoInput(os.path.abspath(path), parts[-3], visit, view, shot=shot)
     return PhotoInput(os.path.abspath(path), stem, 0, "unknown")
 
 
@@ -77,13 +94,18 @@ def find_photos(paths: Sequence[str], manifest: str | None = None) -> tuple[list
             missing = {"image", "patient", "visit", "view"} - set(reader.fieldnames or [])
             if missing:
                 raise ValueError(f"{manifest}: missing columns {', '.join(sorted(missing))} "
-                                 "(needs image, patient, visit, view; optional face_mask)")
+                                 "(needs image, patient, visit, view; optional shot, face_mask)")
             for line, row in enumerate(reader, start=2):
                 visit = parse_visit(row["visit"])
                 if visit is None:
                     problems.append((f"{manifest}:{line}", f"visit {row['visit']!r} is not a number"))
                     continue
+                shot = (row.get("shot") or "").strip() or "0"
+                if not shot.isdigit():
+                    problems.append((f"{manifest}:{line}", f"shot {row['shot']!r} is not a whole number"))
+                    continue
                 mask = (row.get("face_mask") or "").strip()
                 photos.append(PhotoInput(os.path.join(root, row["image"].strip()), row["patient"].strip(), visit,
-                                         row["view"].strip().lower(), os.path.join(root, mask) if mask else None))
+                                         row["view"].strip().lower(), os.path.join(root, mask) if mask else None,
+                                         shot=int(shot)))
     return photos, problems

@@ -2,14 +2,19 @@
 
 Layout of ``OUT``::
     index.html                 every patient, every photo that could not be analysed and why
-    results.csv, results.json  one row per photo (ratio, change from the first visit, flags, files)
-    photos/<patient>/v<visit>_<view>/
+    results.json               the study record (vitijax/study.py): every photo, its masks, its follow-up
+    results.csv                one row per photo (ratio, change from the first visit, follow-up figures, flags)
+    photos/<patient>/v<visit>_<view>[-shot<n>]/
         face_mask.png, lesion_mask.png   full resolution, 0 / 255
         unassessable_mask.png            from a glare-aware lesion network: where glare hides the skin
         overlay.jpg                      the face crop: face outline yellow, lesions green, unassessable
                                          (glare) hatched magenta
         probability.png, uncertainty.png on request / with test-time augmentation (crop-sized, 0-255)
-    patients/<patient>/report.html, timeline.png, before_after.png
+        aligned.jpg                      the baseline's face framing; for a later photo, the photo
+                                         registered onto the baseline (the report's blend slider)
+        change_map.png                   later photos: stable lesion white, repigmented green, newly
+                                         depigmented red, outside the common region the dimmed photo
+    patients/<patient>/report.html, timeline.png, before_after.png, trajectory.png
 
 Change from the first visit, per patient and view: ``change_pp`` = ratio -
 first ratio (percentage points; negative = less vitiligo), and
@@ -43,13 +48,15 @@ from vitijax.data.io import downscale, write_png
 from vitijax.report.figures import VIEW_ORDER, plt
 from vitijax.report.overlay import GREEN, MAGENTA, YELLOW, fit_height, grid, outlines
 
-COLUMNS = ("patient", "visit", "view", "file", "status", "reason", "ratio", "needs_review", "review_reasons",
-           "change_pp", "repigmentation_pct", "repigmentation_note", "face_pixels", "vitiligo_pixels", "unassessable_pixels", "face_box", "box_score", "flags", "face_median_luminance",
+COLUMNS = ("patient", "visit", "view", "shot", "file", "status", "reason", "ratio", "needs_review", "review_reasons",
+           "change_pp", "repigmentation_pct", "repigmentation_note", "change_common_pp", "detectable_change",
+           "fvasi", "fvasi_improvement_pct", "fvasi50", "fvasi75", "registration_ok", "lesion_events", "face_pixels", "vitiligo_pixels", "unassessable_pixels", "face_box", "box_score", "flags", "face_median_luminance",
            "saturated_share", "uncertain_share", "mean_uncertainty", "height", "width", "outputs")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}img{max-width:100%}
-.flag{color:#b03000}small{color:#666}"""
+.flag{color:#b03000}small{color:#666}.blend{position:relative;display:inline-block}
+.blend img.top{position:absolute;left:0;top:0}.pair{display:flex;gap:1em;flex-wrap:wrap}.map{max-width:100%}"""
 
 
 def safe_name(name: str) -> str:
@@ -64,8 +71,8 @@ def safe_name(name: str) -> str:
     return safe
 
 
-def photo_dir(out: str, patient: str, visit: int, view: str) -> str:
-    return os.path.join(out, "photos", safe_name(patient), f"v{visit}_{safe_name(view)}")
+def photo_dir(out: str, patient: str, visit: int, view: str, shot: int = 0) -> str:
+    return os.path.join(out, "photos", safe_name(patient), f"v{visit}_{safe_name(view)}" + (f"-shot{shot}" if shot else ""))
 
 
 def overlay(photo: np.ndarray, result, max_side: int = 1024) -> np.ndarray:
@@ -96,7 +103,7 @@ def overlay(photo: np.ndarray, result, max_side: int = 1024) -> np.ndarray:
 
 def write_photo(out: str, inp, photo: np.ndarray, result) -> dict[str, str]:
     """Writes one analysed photo's pictures; returns {kind: path relative to ``out``} ('outputs': its folder)."""
-    d = photo_dir(out, inp.patient, inp.visit, inp.view)
+    d = photo_dir(out, inp.patient, inp.visit, inp.view, inp.shot)
     os.makedirs(d, exist_ok=True)
     files = {}
     if result.face_mask is not None:
@@ -133,7 +140,7 @@ def add_changes(rows: list[dict[str, Any]]) -> None:
     defined ratio in the same view (NaN where undefined; repigmentation also NaN, with
     ``repigmentation_note``, where the first ratio is below :data:`REPIGMENTATION_FLOOR_PP`)."""
     first: dict[tuple[str, str], float] = {}
-    for r in sorted(rows, key=lambda r: (str(r["patient"]), str(r["view"]), r["visit"])):
+    for r in sorted(rows, key=lambda r: (str(r["patient"]), str(r["view"]), r["visit"], r.get("shot", 0))):
         key = (str(r["patient"]), str(r["view"]))
         ratio = r.get("ratio", math.nan)
         if key not in first and math.isfinite(ratio):
@@ -167,7 +174,8 @@ def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) ->
     views = sorted({str(r["view"]) for r in rows}, key=lambda v: (VIEW_ORDER.index(v) if v in VIEW_ORDER else 9, v))
     plotted = 0
     for view in views:
-        pts = sorted((r["visit"], r["ratio"]) for r in rows if str(r["view"]) == view and math.isfinite(r["ratio"]))
+        pts = sorted((r["visit"], r["ratio"]) for r in rows
+                     if str(r["view"]) == view and not r.get("shot") and math.isfinite(r["ratio"]))
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=view)
             plotted += 1
@@ -202,7 +210,8 @@ def before_after(out: str, rows: Sequence[Mapping[str, Any]], path: str, tile: i
     """First and last analysed visit side by side, one row per view; False if there is no pair."""
     tiles = []
     for view in sorted({str(r["view"]) for r in rows}):
-        ok = sorted((r for r in rows if str(r["view"]) == view and r["status"] == "ok" and "overlay" in r["files"]),
+        ok = sorted((r for r in rows if str(r["view"]) == view and r["status"] == "ok" and not r.get("shot")
+                     and "overlay" in r["files"]),
                     key=lambda r: r["visit"])
         if len(ok) >= 2:
             pair = [_caption(fit_height(np.asarray(Image.open(os.path.join(out, ok[i]["files"]["overlay"])).convert("RGB")),
@@ -217,27 +226,154 @@ def before_after(out: str, rows: Sequence[Mapping[str, Any]], path: str, tile: i
     return True
 
 
-def write_patient(out: str, patient: str, rows: list[dict[str, Any]]) -> str:
-    """patients/<patient>/report.html with the timeline, before/after and the per-photo table; returns its path."""
+def view_label(r: Mapping[str, Any]) -> str:
+    """The view, with the repeat shot when there is one ("front, shot 2")."""
+    return f"{r['view']}, shot {r['shot']}" if r.get("shot") else str(r["view"])
+
+
+def _pct(v, spec=".2f") -> str:
+    return _fmt(None if v is None else float(v), spec)
+
+
+def trajectory_plot(patient: str, rows: Sequence[Mapping[str, Any]], sdc: float, path: str) -> bool:
+    """Per view: registered F-Vitiligo over visits (the baseline's ratio plus the change on the common
+    region) with the band of +- the smallest detectable change around the baseline, and the F-VASI
+    estimate; False when no view has a follow-up photo."""
+    series = {}
+    for r in rows:
+        fu = r.get("follow_up") or {}
+        if r.get("shot"):
+            continue
+        if fu.get("role") == "baseline":
+            series.setdefault(str(r["view"]), []).append((r["visit"], r["ratio"], fu.get("fvasi")))
+        elif fu.get("role") == "follow-up" and fu.get("change_common_pp") is not None:
+            series.setdefault(str(r["view"]), []).append(
+                (r["visit"], fu["baseline_ratio"] + fu["change_common_pp"], fu.get("fvasi_followup")))
+    series = {v: sorted(p) for v, p in series.items() if len(p) >= 2}
+    if not series:
+        return False
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    for k, (view, pts) in enumerate(sorted(series.items(), key=lambda kv: (VIEW_ORDER.index(kv[0])
+                                                                           if kv[0] in VIEW_ORDER else 9, kv[0]))):
+        colour = f"C{k}"
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1] for p in pts], marker="o", color=colour, label=view)
+        if math.isfinite(sdc):
+            ax.fill_between([xs[0], xs[-1]], pts[0][1] - sdc, pts[0][1] + sdc, color=colour, alpha=0.12, lw=0)
+        bx.plot(xs, [p[2] if p[2] is not None else math.nan for p in pts], marker="s", color=colour, label=view)
+    ax.set_xlabel("visit")
+    ax.set_ylabel("F-Vitiligo on the common region (%)")
+    ax.set_title(f"registered; band: +-{sdc:.2f} pp (no detectable change)", fontsize=8)
+    bx.set_xlabel("visit")
+    bx.set_ylabel("F-VASI estimate")
+    bx.set_title("F-VASI estimate (from UV contrast)", fontsize=8)
+    for a in (ax, bx):
+        a.set_ylim(bottom=0)
+        a.legend(fontsize=8)
+    fig.suptitle(f"Patient {patient}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def followup_section(out: str, d: str, rows: Sequence[Mapping[str, Any]], follow: Mapping[str, Any] | None) -> str:
+    """The report's follow-up part, per view: blend slider of the baseline and the last visit registered
+    onto it, the change map, the visit table (change on the common region, detectable or not,
+    registration, F-VASI and the responder calls) and the last visit's lesion table."""
+    e = html.escape
+    up = os.path.relpath(out, d)
+    sdc = float((follow or {}).get("sdc_pp", math.nan))
+    parts = []
+    for view in sorted({str(r["view"]) for r in rows}, key=lambda v: (VIEW_ORDER.index(v) if v in VIEW_ORDER else 9, v)):
+        mine = sorted((r for r in rows if str(r["view"]) == view and (r.get("follow_up") or {}).get("role")),
+                      key=lambda r: (r["visit"], r.get("shot", 0)))
+        base = next((r for r in mine if r["follow_up"]["role"] == "baseline"), None)
+        later = [r for r in mine if r["follow_up"]["role"] == "follow-up"]
+        if base is None or not later:
+            continue
+        last = max((r for r in later if not r.get("shot")), key=lambda r: r["visit"], default=later[-1])
+        fu = last["follow_up"]
+        src = lambda r, k: e(up + "/" + r["files"][k]).replace("\\", "/")  # noqa: E731
+        slider = (f'<div class=blend><img src="{src(base, "aligned")}" alt="baseline, visit {e(str(base["visit"]))}">'
+                  f'<img class=top src="{src(last, "aligned")}" alt="visit {e(str(last["visit"]))} registered onto the '
+                  f'baseline" style="opacity:.5"></div><br><label>baseline (visit {e(str(base["visit"]))}) '
+                  f'<input type=range min=0 max=100 value=50 aria-label="blend" oninput="this.parentNode.'
+                  f'previousElementSibling.previousElementSibling.lastElementChild.style.opacity=this.value/100"> '
+                  f'visit {e(str(last["visit"]))}, registered</label>') if "aligned" in base["files"] else ""
+        change = (f'<img src="{src(last, "change_map")}" alt="change map" class=map>'
+                  if "change_map" in last["files"] else "")
+        visit_rows = [f"<tr><td>{e(str(base['visit']))}</td><td>{e(str(base.get('shot', 0)))}</td><td>{_fmt(base['ratio'])}"
+                      f"</td><td>baseline</td><td></td><td></td><td>{_pct(base['follow_up'].get('fvasi'))}</td>"
+                      "<td></td><td></td></tr>"]
+        for r in later:
+            f = r["follow_up"]
+            det = {True: "detectable", False: "no detectable change", None: "&ndash;"}[f.get("detectable")]
+            call = ("F-VASI75" if f.get("fvasi75") else "F-VASI50" if f.get("fvasi50") else
+                    "&ndash;" if f.get("fvasi50") is None else "no")
+            visit_rows.append(
+                f"<tr><td>{e(str(r['visit']))}</td><td>{e(str(r.get('shot', 0)))}</td><td>{_fmt(r['ratio'])}</td>"
+                f"<td>{_pct(f.get('change_common_pp'), '+.2f')}</td><td>{det}</td>"
+                f"<td class={'ok' if f.get('registration_ok') else 'flag'}>{'ok' if f.get('registration_ok') else e(f.get('registration_reason') or 'doubtful')}"
+                f" (ECC {_pct((f.get('registration') or {}).get('ecc'))}, "
+                f"face IoU {_pct((f.get('registration') or {}).get('face_iou'))}; common region "
+                f"{_pct(100 * f.get('common_share', math.nan), '.0f')} %)</td><td>{_pct(f.get('fvasi_followup'))}</td>"
+                f"<td>{_pct(f.get('improvement_pct'), '+.0f')}</td><td>{call}</td></tr>")
+        face_px = max(int(base.get("face_pixels") or 0), 1)
+        lesion_rows = "".join(
+            f"<tr><td>{e(t['event'])}</td><td>{e(', '.join(map(str, t['base'])) or '&ndash;')}</td>"
+            f"<td>{e(', '.join(map(str, t['follow'])) or '&ndash;')}</td><td>{100 * t['base_area'] / face_px:.2f}</td>"
+            f"<td>{100 * t['follow_area'] / face_px:.2f}</td><td>{_pct(t.get('area_change_pct'), '+.0f')}</td>"
+            f"<td>{e(t.get('pattern') or '')}</td></tr>" for t in fu.get("tracks", []))
+        parts.append(f"""<h3>{e(view)}</h3><div class=pair><div>{slider}</div><div>{change}<br><small>change map,
+visit {e(str(last['visit']))} against the baseline: <span style="background:#e6e6e6">&nbsp;stable lesion&nbsp;</span>
+<span style="background:#28c850">&nbsp;repigmented&nbsp;</span> <span style="background:#e62828;color:#fff">&nbsp;newly
+depigmented&nbsp;</span>, normal skin dark grey, outside the common region the dimmed photo</small></div></div>
+<table><tr><th>visit</th><th>shot</th><th>F-Vitiligo (%)</th><th>change on the common region (pp)</th><th>against
+the SDC</th><th>registration</th><th>F-VASI estimate</th><th>F-VASI improvement (%)</th><th>responder</th></tr>
+{''.join(visit_rows)}</table>
+<table><tr><th>event (visit {e(str(last['visit']))})</th><th>baseline lesions</th><th>follow-up lesions</th><th>baseline
+area (% face)</th><th>follow-up area (% face)</th><th>area change (%)</th><th>repigmentation</th></tr>
+{lesion_rows or '<tr><td>no lesions</td></tr>'}</table>""")
+    if not parts:
+        return ""
+    return (f"<h2>Follow-up: every visit registered onto the baseline</h2>"
+            f"<img src=\"trajectory.png\" alt=\"registered F-Vitiligo and F-VASI over visits\">"
+            f"{''.join(parts)}<small>Change on the common region: F-Vitiligo of the follow-up minus the baseline's, "
+            f"counted on the baseline face pixels that both photos show. Smallest detectable change (SDC): "
+            f"{_fmt(sdc)} pp, from {e(str((follow or {}).get('sdc_source', '')))}; a smaller change is no detectable "
+            f"change. Lesion events: new, disappeared, enlarged or shrunk by more than 25 % of the area, stable, "
+            f"merged, split (vitijax/followup/lesions.py). Repigmentation: perifollicular (islands inside the lesion), "
+            f"marginal (the border retreating), diffuse (the lesion's depigmentation degree falling). F-VASI is an "
+            f"estimate from the UV contrast of each lesion against the surrounding skin, the patient's most "
+            f"depigmented lesion at baseline taken as 100 % (vitijax/followup/fvasi.py); F-VASI50 / 75: at least "
+            f"50 / 75 % lower than at baseline.</small>")
+
+
+def write_patient(out: str, patient: str, rows: list[dict[str, Any]], follow: Mapping[str, Any] | None = None) -> str:
+    """patients/<patient>/report.html with the timeline, before/after, the follow-up section (when any
+    photo was registered onto a baseline) and the per-photo table; returns its path."""
     e = html.escape
     d = os.path.join(out, "patients", safe_name(patient))
     os.makedirs(d, exist_ok=True)
     timeline_plot(patient, rows, os.path.join(d, "timeline.png"))
     has_pair = before_after(out, rows, os.path.join(d, "before_after.png"))
+    trajectory_plot(patient, rows, float((follow or {}).get("sdc_pp", math.nan)), os.path.join(d, "trajectory.png"))
+    fu_html = followup_section(out, d, rows, follow)
     up = os.path.relpath(out, d)
     body = "".join(
-        f"<tr><td>{e(str(r['visit']))}</td><td>{e(str(r['view']))}</td><td>{e(os.path.basename(r['file']))}</td>"
+        f"<tr><td>{e(str(r['visit']))}</td><td>{e(view_label(r))}</td><td>{e(os.path.basename(r['file']))}</td>"
         f"<td>{_fmt(r['ratio'])}</td><td>{_fmt(r['change_pp'], '+.2f')}</td>"
         f"<td>{e(r.get('repigmentation_note') or '') or _fmt(r['repigmentation_pct'], '.1f')}</td>"
         f"<td class=flag>{e('; '.join((['needs review: ' + ', '.join(r['review_reasons'])] if r.get('needs_review') else []) + r['flags']) or r.get('reason', ''))}</td>"
         + (f'<td><a href="{e(up + "/" + r["files"]["overlay"])}"><img src="{e(up + "/" + r["files"]["overlay"])}" '
            f'width="160" alt="overlay"></a></td>' if "overlay" in r["files"] else "<td></td>") + "</tr>"
-        for r in sorted(rows, key=lambda r: (r["visit"], str(r["view"]))))
+        for r in sorted(rows, key=lambda r: (r["visit"], str(r["view"]), r.get("shot", 0))))
     ba = ('<h2>Before and after (first and last visit)</h2><img src="before_after.png" alt="before and after">'
           if has_pair else "")
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vitijax: patient {e(patient)}</title>
 <style>{_STYLE}</style></head><body><p><a href="{e(up)}/index.html">all patients</a></p>
-<h1>Patient {e(patient)}</h1><img src="timeline.png" alt="F-Vitiligo over visits">{ba}
+<h1>Patient {e(patient)}</h1><img src="timeline.png" alt="F-Vitiligo over visits">{ba}{fu_html}
 <h2>Photos</h2><table><tr><th>visit</th><th>view</th><th>file</th><th>F-Vitiligo (%)</th>
 <th>change from first visit (pp)</th><th>repigmentation (%)</th><th>flags</th><th>overlay</th></tr>{body}</table>
 <small>F-Vitiligo = vitiligo pixels / face pixels at full resolution (a glare-aware network leaves the face pixels it
@@ -266,9 +402,25 @@ def _describe(v) -> str:
     return "; ".join(parts)
 
 
-def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple[str, str]], info: Mapping[str, Any]
-                  ) -> dict[str, str]:
-    """results.csv, results.json, one report per patient and index.html; returns their paths."""
+def _flat(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its follow-up figures as columns (:data:`COLUMNS`)."""
+    fu = r.get("follow_up") or {}
+    out = dict(r)
+    events = fu.get("events") or {}
+    out.update(change_common_pp=fu.get("change_common_pp"),
+               detectable_change={True: "yes", False: "no detectable change", None: ""}.get(fu.get("detectable"), ""),
+               fvasi=fu.get("fvasi_followup", fu.get("fvasi")), fvasi_improvement_pct=fu.get("improvement_pct"),
+               fvasi50=fu.get("fvasi50"), fvasi75=fu.get("fvasi75"), registration_ok=fu.get("registration_ok"),
+               lesion_events="; ".join(f"{k} {v}" for k, v in sorted(events.items())))
+    return out
+
+
+def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple[str, str]], info: Mapping[str, Any],
+                  follow: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """results.csv, the study record results.json (``follow``: the analysis-level follow-up information of
+    :func:`vitijax.followup.visits.follow_up`), one report per patient and index.html; returns their paths."""
+    from vitijax import study
+
     add_changes(rows)
     os.makedirs(out, exist_ok=True)
     paths = {"csv": os.path.join(out, "results.csv"), "json": os.path.join(out, "results.json"),
@@ -277,17 +429,15 @@ def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in rows:
-            w.writerow([csv_cell(r.get(c)) for c in COLUMNS])
-    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  JSON has no NaN
-    with open(paths["json"], "w") as f:
-        json.dump({"info": info, "photos": [{k: clean(v) for k, v in r.items()} for r in rows],
-                   "not_analysed": [{"file": p, "reason": why} for p, why in problems]}, f, indent=2, default=str)
+            flat = _flat(r)
+            w.writerow([csv_cell(flat.get(c)) for c in COLUMNS])
+    study.save(out, study.from_rows(rows, problems, info, follow))
     e = html.escape
     patients = sorted({str(r["patient"]) for r in rows})
     links = []
     for pid in patients:
         prow = [r for r in rows if str(r["patient"]) == pid]
-        report = write_patient(out, pid, prow)
+        report = write_patient(out, pid, prow, follow)
         ok = [r for r in prow if r["status"] == "ok"]
         by_visit = {}
         for r in ok:

@@ -112,7 +112,7 @@ def run_bundle(a) -> int:
     import json
 
     from launch.analyze import analyze_stream, build_analyzer
-    from vitijax import chain, compile_cache
+    from vitijax import chain, compile_cache, study
     from vitijax import face as face_lib
     from vitijax import face_mask as face_mask_lib
     from vitijax.data import folder
@@ -186,7 +186,7 @@ def run_bundle(a) -> int:
                          overlay_source=lambda row: small[row["index"]], max_overlays=a.max_overlays,
                          extra_html=chain.stages_html(sections, review))
     with open(paths["metrics"], "w") as f:
-        json.dump(chain.json_safe({"photos": len(chain_rows), "tta": bool(a.tta), "info": info, **sections,
+        json.dump(study.json_safe({"photos": len(chain_rows), "tta": bool(a.tta), "info": info, **sections,
                                    "needs_review": review}), f, indent=2, allow_nan=False, default=str)
     with open(os.path.join(a.out, "per_photo.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -204,7 +204,7 @@ def run_bundle(a) -> int:
     if a.calibrate:
         calibration = chain.calibrate_review(chain_rows)
         with open(os.path.join(a.out, "review_rule.json"), "w") as f:
-            json.dump(chain.json_safe(calibration), f, indent=2, allow_nan=False, default=str)
+            json.dump(study.json_safe(calibration), f, indent=2, allow_nan=False, default=str)
         print(f"needs-review calibration: {calibration['why']}; written to {os.path.join(a.out, 'review_rule.json')}"
               + (" (give it to launch.export --review-rule)" if calibration["rule"] else ""))
     print(f"report: {paths['index']}  (analysis outputs: {out_analysis})")

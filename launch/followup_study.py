@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     from vitijax.data import synthetic
     from vitijax.followup.compare import measure
     from vitijax.run_log import format_seconds
+    from vitijax.study import json_safe
 
     sources = a.masks or (["truth", "chain"] if a.model else ["truth"])
     analyzer = None
@@ -391,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{': ' + note if note else ''}; ETA {format_seconds(el / done * (total - done))}", flush=True)
     summary = {src: summarise(pairs[src], photos[src]) for src in sources}
     with open(os.path.join(a.out, "study.json"), "w") as f:
-        json.dump({"size": size, "seed": SEED, "model": a.model, "summary": summary, "pairs": pairs,
-                   "photos": photos}, f, default=float)
+        json.dump(json_safe({"size": size, "seed": SEED, "model": a.model, "summary": summary, "pairs": pairs,
+                             "photos": photos}), f)
     for src in sources:
         _print(src, summary[src], size)
     print(f"wrote {os.path.join(a.out, 'study.json')}")

@@ -95,20 +95,6 @@ def change_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def json_safe(obj):
-    """``obj`` with every NaN or infinite float replaced by None and numpy scalars made Python ones, so
-    the JSON written is standard (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _mean(values) -> float:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
     return float(v.mean()) if v.size else math.nan

@@ -32,20 +32,25 @@ import math
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
+
 RECORD = "results.json"
 VERSION = 2
 NUMBERS = ("ratio", "change_pp", "repigmentation_pct", "box_score")
 
 
-def _clean(v):
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(v, float) and math.isnan(v):
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None and numpy scalars made Python ones, so
+    the JSON written is standard (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
+    return obj
 
 
 @dataclasses.dataclass
@@ -82,7 +87,7 @@ def save(out: str, study: Study) -> str:
            "follow_up": study.follow_up}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(_clean(doc), f, indent=2, default=str)
+        json.dump(json_safe(doc), f, indent=2, default=str)
     os.replace(tmp, path)
     return path
 

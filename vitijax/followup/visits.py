@@ -9,7 +9,8 @@ photo's folder: ``aligned.jpg`` (the face region of the baseline's framing; for 
 the photo registered onto it) and ``change_map.png`` (same framing, :data:`lesions.CHANGE_COLOURS`).
 
 **Detectable change.** A change of F-Vitiligo on the common region smaller than the smallest
-detectable change (SDC) is reported as "no detectable change". The SDC comes from the analysis's own
+detectable change (SDC) is reported as "no detectable change"; where the registration is flagged
+as doubtful no call is made. The SDC comes from the analysis's own
 repeat shots when it has them (at least :data:`MIN_REPEAT_SUBJECTS` patient-view-visits photographed
 twice or more: ``<view>-shot<n>`` files, :mod:`vitijax.data.photos`), from the *registered* ratios
 (each shot's change on the common region added to the baseline's ratio, the measure a follow-up
@@ -150,6 +151,7 @@ def follow_up(out: str, rows: list[dict[str, Any]], log: Callable[[str], None] |
     for r in pairs:
         fu = r["follow_up"]
         change = fu["change_common_pp"] if fu["change_common_pp"] is not None else math.nan
-        fu["detectable"] = repeatability.detectable(change, info["sdc_pp"])
+        # a doubtful registration makes no call: its change may be the misalignment's
+        fu["detectable"] = repeatability.detectable(change, info["sdc_pp"]) if fu["registration_ok"] else None
         fu["sdc_pp"] = info["sdc_pp"]
     return info

@@ -308,7 +308,8 @@ def followup_section(out: str, d: str, rows: Sequence[Mapping[str, Any]], follow
                       "<td></td><td></td></tr>"]
         for r in later:
             f = r["follow_up"]
-            det = {True: "detectable", False: "no detectable change", None: "&ndash;"}[f.get("detectable")]
+            det = {True: "detectable", False: "no detectable change",
+                   None: "&ndash;" if f.get("registration_ok") else "no call (registration doubtful)"}[f.get("detectable")]
             call = ("F-VASI75" if f.get("fvasi75") else "F-VASI50" if f.get("fvasi50") else
                     "&ndash;" if f.get("fvasi50") is None else "no")
             visit_rows.append(

@@ -143,9 +143,10 @@ def score_pair(patient, a, b, ma, mb, base_measured):
     ids_b = reg.warp(b.lesion_ids, nearest=True)
     truth_a, truth_f = id_sets(cmp.base.labels, a.lesion_ids), id_sets(cmp.follow.labels, ids_b)
     predicted = links(cmp.events)
-    seen = {ev_b for ev in cmp.events for ev_b in ev.base} | {f for ev in cmp.events for f in ev.follow}
+    seen_b = {b for ev in cmp.events for b in ev.base}  # the lesions the tracker reports on: the others
+    seen_f = {f for ev in cmp.events for f in ev.follow}  # lie mostly outside the common region
     true = {(i, j) for i, si in truth_a.items() for j, sj in truth_f.items() if si & sj}
-    true = {(i, j) for i, j in true if i in seen or j in seen}  # both out of the common region: not asked
+    true = {(i, j) for i, j in true if i in seen_b or j in seen_f}
     face_w = a.face_box[2] - a.face_box[0]
     row = {"patient": patient.patient_id, "view": a.view, "visit": b.visit, "shot": b.shot, "ok": reg.ok,
            "reason": reg.reason, "ecc": reg.ecc, "face_iou": reg.face_iou, "seconds_registration": t_reg,
@@ -181,6 +182,7 @@ def summarise(pairs: list[dict], photos: list[dict]) -> dict:
     """The study's figures for one mask source: ``pairs`` from :func:`score_pair`, ``photos`` one row per
     photo (ratio, F-VASI estimate and truth, visit, shot)."""
     from vitijax.followup import repeatability
+    from vitijax.followup.fvasi import response
 
     ok_pairs = [p for p in pairs if p.get("change_common_pp") is not None]
     visits = [p for p in ok_pairs if p["shot"] == 0]
@@ -213,11 +215,10 @@ def summarise(pairs: list[dict], photos: list[dict]) -> dict:
         last = max(v for v, s in mine if s == 0)
         if last == 0 or (0, 0) not in mine or (last, 0) not in mine:
             continue
-        b0, b1 = mine[(0, 0)], mine[(last, 0)]
+        est, true = (response(mine[(0, 0)][k], mine[(last, 0)][k]) for k in ("fvasi", "fvasi_true"))
         for level in (50, 75):
-            est = (b0["fvasi"] > 0 and 100 * (b0["fvasi"] - b1["fvasi"]) / b0["fvasi"] >= level)
-            true = (b0["fvasi_true"] > 0 and 100 * (b0["fvasi_true"] - b1["fvasi_true"]) / b0["fvasi_true"] >= level)
-            calls.append((level, est, true))
+            if est[f"fvasi{level}"] is not None and true[f"fvasi{level}"] is not None:  # undefined: not called
+                calls.append((level, est[f"fvasi{level}"], true[f"fvasi{level}"]))
     for level in (50, 75):
         c = [(e, t) for lv, e, t in calls if lv == level]
         out["fvasi"][f"fvasi{level}_calls"] = {"pairs": len(c), "agree": int(sum(e == t for e, t in c)),
@@ -244,10 +245,11 @@ def summarise(pairs: list[dict], photos: list[dict]) -> dict:
                             "fvasi": repeatability.summarise(groups_fvasi)}
     sdc = out["repeatability"]["f_vitiligo_registered"]["sdc"]
     det = [repeatability.detectable(p["registered_common_change_pp"], sdc) for p in visits]
-    true_det = [abs(p["true_common_change_pp"]) >= sdc for p in visits]
-    out["detectable"] = {"visit_pairs": len(visits), "reported_detectable": int(sum(bool(d) for d in det)),
-                         "true_change_at_least_sdc": int(sum(true_det)),
-                         "agree": int(sum(bool(d) == t for d, t in zip(det, true_det)))}
+    true_det = [repeatability.detectable(p["true_common_change_pp"], sdc) for p in visits]
+    out["detectable"] = {"visit_pairs": len(visits), "sdc": sdc,
+                         "reported_detectable": int(sum(bool(d) for d in det)),
+                         "true_change_above_sdc": int(sum(bool(t) for t in true_det)),
+                         "agree": int(sum(d is not None and d == t for d, t in zip(det, true_det)))}
     out["events"] = events
     return out
 
@@ -314,8 +316,9 @@ def _print(source: str, s: dict, size) -> None:
               f"{r['within_sd']:.3f}, smallest detectable change {r['sdc']:.3f} ({r['subjects']} subjects, "
               f"{r['photos']} photos)")
     d = s["detectable"]
-    print(f"visit changes reported as detectable: {d['reported_detectable']} of {d['visit_pairs']} (true change "
-          f">= SDC: {d['true_change_at_least_sdc']}; the call agrees with the truth's on {d['agree']})")
+    print(f"visit changes reported as detectable (registered SDC {d['sdc']:.3f} pp): {d['reported_detectable']} of "
+          f"{d['visit_pairs']} (true change above it: {d['true_change_above_sdc']}; the call agrees with the "
+          f"truth's on {d['agree']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,17 +372,16 @@ def main(argv: list[str] | None = None) -> int:
                 for source in sources:
                     m = masks_of(s, source, analyzer)
                     if (visit, shot) == (0, 0):
-                        bm = masks_of(base, source, analyzer) if source != "truth" else m
-                        measured[source] = (bm, measure(base.image, *bm[:3]) if bm[0] is not None else None)
+                        measured[source] = (m, measure(base.image, *m[:3]) if m[0] is not None else None)
                     bm, base_meas = measured[source]
-                    own = measure(s.image, *m[:3], reference=base_meas.reference) if (
-                        m[0] is not None and base_meas is not None) else None
-                    photos[source].append({"patient": patient.patient_id, "view": view, "visit": visit, "shot": shot,
-                                           "ratio": m[3], "true_ratio": s.ratio,
-                                           "fvasi": own.fvasi if own else math.nan, "fvasi_true": true_fvasi(patient, s)})
+                    photo = {"patient": patient.patient_id, "view": view, "visit": visit, "shot": shot,
+                             "ratio": m[3], "true_ratio": s.ratio, "fvasi_true": true_fvasi(patient, s),
+                             "fvasi": base_meas.fvasi if (visit, shot) == (0, 0) and base_meas else math.nan}
+                    photos[source].append(photo)
                     if (visit, shot) == (0, 0) or m[0] is None or bm[0] is None:
                         continue
                     row, reg, cmp = score_pair(patient, base, s, bm, m, base_meas)
+                    photo["fvasi"] = cmp.fvasi_followup  # what analyze reports for this photo
                     pairs[source].append(row)
                     if source == sources[0] and visit == a.visits - 1 and "pair" not in shown and index == 0:
                         shown["pair"] = (base, s, reg, cmp)

@@ -101,7 +101,7 @@ def test_follow_up_of_synthetic_patients(bundle, tmp_path):
     assert "p&lt;b&gt;&amp;1" in index and "<b>&" not in index
     # the index gives each patient's ratios per visit (mean of the views), and the networks in words, not JSON
     p2 = [p for p in data["photos"] if p["patient"] == "p2"]
-    means = [np.mean([p["ratio"] for p in p2 if p["visit"] == v]) for v in (0, 1)]
+    means = [np.mean([p["ratio"] for p in p2 if p["visit"] == v and not p["shot"]]) for v in (0, 1)]
     assert f"{means[0]:.2f} &rarr; {means[1]:.2f}" in index
     assert '{"' not in index and "variant: " in index
     # follow-up: each visit-1 photo registered onto its visit-0 baseline, in the record and the report
@@ -115,12 +115,14 @@ def test_follow_up_of_synthetic_patients(bundle, tmp_path):
             continue
         assert fu["role"] == "follow-up" and fu["baseline"]["visit"] == 0
         assert isinstance(fu["registration"]["ok"], bool) and len(fu["registration"]["affine"]) == 2
-        # the change map's pixels add up to the baseline's face, and its picture is written
+        # the change map: everything off the baseline's face is outside the common region, and the lesion
+        # codes add up to the baseline's lesion pixels that the follow-up also sees
         base = rec.photo(p["patient"], 0, p["view"])
-        assert sum(fu["change_map_pixels"].values()) == 360 * 240
-        assert (fu["change_map_pixels"]["outside the common region"] +
-                fu["change_map_pixels"]["normal skin"] + fu["change_map_pixels"]["stable lesion"] +
-                fu["change_map_pixels"]["repigmented"] >= base["face_pixels"])
+        px = fu["change_map_pixels"]
+        assert px["outside the common region"] >= 360 * 240 - base["face_pixels"]
+        assert px["normal skin"] + px["stable lesion"] + px["repigmented"] + px["newly depigmented"] == round(
+            fu["common_share"] * base["face_pixels"])
+        assert px["stable lesion"] + px["repigmented"] <= base["vitiligo_pixels"]
         assert Image.open(out / p["files"]["change_map"]).mode == "RGB"
         # a doubtful registration makes no call on the change (the tiny test networks' masks are poor)
         assert fu["detectable"] in ((True, False) if fu["registration_ok"] else (None,))
@@ -209,8 +211,8 @@ def test_photo_inputs_from_layout_folders_files_and_a_manifest(tmp_path):
     from vitijax.data.photos import find_photos
     from vitijax.report.followup import safe_name
 
-    for rel in ("P01/v1/front.jpg", "P01/v2/left.png", "P01/v2/left-shot2.png", "P01/v2/notes.txt",
-                "loose/IMG_7.tif"):
+    for rel in ("P01/v1/front.jpg", "P01/v1/front-shot0.jpg", "P01/v2/left.png", "P01/v2/left-shot2.png",
+                "P01/v2/notes.txt", "loose/IMG_7.tif"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
     (tmp_path / "m.csv").write_text("image,patient,visit,view,shot\nP01/v1/front.jpg,Q,3,Front,\nx.jpg,Q,later,left,\n"
@@ -221,9 +223,12 @@ def test_photo_inputs_from_layout_folders_files_and_a_manifest(tmp_path):
     assert [(p.patient, p.visit, p.view, p.shot) for p in photos] == [
         ("P01", 1, "front", 0), ("P01", 2, "left", 2), ("P01", 2, "left", 0), ("IMG_7", 0, "unknown", 0),
         ("Q", 3, "front", 0), ("Q", 1, "left", 2)]
-    assert problems == [(str(tmp_path / "nope"), "no such file or folder"),
-                        (f"{tmp_path / 'm.csv'}:3", "visit 'later' is not a number"),
-                        (f"{tmp_path / 'm.csv'}:5", "shot 'two' is not a whole number")]
+    assert problems[:3] == [(str(tmp_path / "nope"), "no such file or folder"),
+                            (f"{tmp_path / 'm.csv'}:3", "visit 'later' is not a number"),
+                            (f"{tmp_path / 'm.csv'}:5", "shot 'two' is not a whole number")]
+    # front-shot0.jpg is front.jpg's slot: refused by name, the first one kept
+    assert problems[3][0] == str(tmp_path / "P01" / "v1" / "front.jpg") and "the same patient, visit, view and shot as " \
+        f"{tmp_path / 'P01' / 'v1' / 'front-shot0.jpg'}" in problems[3][1] and len(problems) == 4
     # folder names: distinct ids stay distinct, nothing escapes upwards
     assert safe_name("P01") == "P01" and safe_name("a b") != safe_name("a_b")
     assert ".." not in safe_name("..").split("-")[0] and "/" not in safe_name("../x")

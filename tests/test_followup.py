@@ -82,6 +82,42 @@ def test_tracking_ignores_lesions_outside_the_common_region():
     assert set(ev) == {"stable", "disappeared", "new"}
 
 
+def test_tracking_merged_and_split_and_lesions_half_seen():
+    # two baseline lesions become two follow-up lesions that each straddle both: several to several
+    base = np.zeros((H, W), np.uint8)
+    base[50:100, 50:100] = 1
+    base[50:100, 110:160] = 1
+    follow = np.zeros((H, W), np.uint8)
+    follow[50:72, 50:160] = 1
+    follow[78:100, 50:160] = 1
+    ev, _, _ = events_of(base, follow)
+    assert list(ev) == ["merged and split"]
+    assert len(ev["merged and split"].base) == 2 and len(ev["merged and split"].follow) == 2
+    # an unchanged lesion that the follow-up photo sees only the left 40 % of: stable, not shrunk, and
+    # what it cannot see did not repigment
+    lesion = disc(150, 100, 40)
+    common = FACE.copy()
+    common[:, 126:] = 0
+    seen_follow = lesion * common  # the warped follow-up has nothing where its photo does not reach
+    ev, bl, _ = events_of(lesion, seen_follow, common)
+    (only,) = ev.values()
+    assert only.event == "stable" and only.base_area == only.follow_area == int((lesion & common).sum())
+    lesions.patterns([only], bl, seen_follow, common)
+    assert only.marginal_px == only.perifollicular_px == 0 and only.pattern == ""
+
+
+def test_growing_old_islands_are_perifollicular_not_marginal():
+    base = disc(100, 100, 40)
+    base[disc(100, 100, 5) > 0] = 0  # a pigment island the lesion already had
+    follow = disc(100, 100, 40)
+    follow[disc(100, 100, 12) > 0] = 0  # the island grew
+    ev, bl, _ = events_of(base, follow)
+    (only,) = ev.values()
+    lesions.patterns([only], bl, follow)
+    assert only.perifollicular_px == int(((base > 0) & (follow == 0)).sum()) and only.marginal_px == 0
+    assert only.pattern == "perifollicular"
+
+
 def test_change_map_codes():
     base = disc(100, 100, 30)
     follow = disc(120, 100, 30)
@@ -174,11 +210,26 @@ def test_repeatability_against_hand_computed_figures():
     assert s["subjects"] == 2 and s["sdc"] == 0 and s["icc"] == pytest.approx(1.0)
 
 
+def test_repeatability_with_unequal_repeats():
+    """Subjects photographed 4, 2 and 2 times: SEM from the pooled within-subject mean square and the ICC
+    with Shrout and Fleiss's k0, both by hand."""
+    groups = {"a": [1.0, 2.0, 3.0, 6.0], "b": [10.0, 11.0], "c": [20.0, 22.0]}
+    s = repeatability.summarise(groups)
+    ssw = (2 ** 2 + 1 ** 2 + 0 + 3 ** 2) + 0.5 + 2.0  # about the subject means 3, 10.5, 21
+    msw = ssw / (8 - 3)
+    assert s["within_sd"] == pytest.approx(math.sqrt(msw))
+    grand = 75 / 8
+    msb = (4 * (3 - grand) ** 2 + 2 * (10.5 - grand) ** 2 + 2 * (21 - grand) ** 2) / 2
+    k0 = (8 - (16 + 4 + 4) / 8) / 2
+    assert s["icc"] == pytest.approx((msb - msw) / (msb + (k0 - 1) * msw))
+
+
 def test_detectable_change_rule():
     assert repeatability.detectable(1.5, 1.0) is True
     assert repeatability.detectable(-1.5, 1.0) is True
     assert repeatability.detectable(0.4, 1.0) is False
     assert repeatability.detectable(float("nan"), 1.0) is None
+    assert repeatability.detectable(0.0, 0.0) is False  # identical repeats: no change is no change
 
 
 def test_generator_lesion_identity_and_degree():
@@ -197,10 +248,28 @@ def test_generator_lesion_identity_and_degree():
     assert synthetic.degree(fading, 2) < synthetic.degree(fading, 1) < synthetic.degree(fading, 0) == fading.contrast
 
 
+def test_standard_renders_are_bit_for_bit_those_the_bundled_data_sets_were_built_from():
+    """Lesion identities, degrees and fading were added to the generator without moving a pixel of the
+    standard photos (the digest is that of the generator before them, at commit faba095)."""
+    import hashlib
+
+    from vitijax.data import synthetic
+
+    h = hashlib.sha256()
+    for index in range(3):
+        p = synthetic.make_patient(0, index)
+        for visit in (0, 2):
+            for view in synthetic.VIEWS:
+                s = synthetic.render(p, visit, view, (96, 64))
+                for arr in (s.image, s.face_mask, s.vitiligo_mask, s.unassessable_mask):
+                    h.update(arr.tobytes())
+    assert h.hexdigest() == "7c01bf35a570bceadc3f37f035620443fbf5254432e36c5ce4c8a50275fb07ef"
+
+
 def test_followup_study_end_to_end(tmp_path):
     """The study on one small patient: it runs, writes its JSON, and its figures are the ones of a
     working follow-up (registration well under 1 % of the face width, tracking near perfect with true
-    masks, every F-VASI50 call right)."""
+    masks, the F-VASI estimate close to the truth and every F-VASI75 call right)."""
     import json
 
     from launch import followup_study
@@ -216,6 +285,9 @@ def test_followup_study_end_to_end(tmp_path):
     assert s["tracking"]["precision"] >= 0.9 and s["tracking"]["recall"] >= 0.9
     assert s["change (repeat shots)"]["mae_registered_pp"] < 1.0
     assert s["repeatability"]["f_vitiligo"]["subjects"] == 3
+    assert s["fvasi"]["photos"] == 9 and s["fvasi"]["icc"] > 0.8 and s["fvasi"]["mae"] < 3.0
+    assert s["fvasi"]["fvasi75_calls"]["pairs"] == 3 == s["fvasi"]["fvasi75_calls"]["agree"]
+    assert s["detectable"]["visit_pairs"] == 3 and s["detectable"]["agree"] >= 2
     assert len(study["photos"]["truth"]) == 9
     from PIL import Image
 

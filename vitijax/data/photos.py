@@ -108,4 +108,15 @@ def find_photos(paths: Sequence[str], manifest: str | None = None) -> tuple[list
                 photos.append(PhotoInput(os.path.join(root, row["image"].strip()), row["patient"].strip(), visit,
                                          row["view"].strip().lower(), os.path.join(root, mask) if mask else None,
                                          shot=int(shot)))
-    return photos, problems
+    # Two photos with one (patient, visit, view, shot) would write one folder and one record entry.
+    first: dict[tuple, str] = {}
+    unique = []
+    for ph in photos:
+        key = (ph.patient, ph.visit, ph.view, ph.shot)
+        if key in first:
+            problems.append((ph.path, f"the same patient, visit, view and shot as {first[key]} (name repeat shots "
+                                      "<view>-shot<n> with n >= 1, or give a manifest 'shot' column)"))
+            continue
+        first[key] = ph.path
+        unique.append(ph)
+    return unique, problems

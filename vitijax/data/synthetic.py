@@ -84,7 +84,7 @@ class Lesion:
     contrast: float  # depigmentation degree at the first visit: 1 = fully depigmented; 0.3 = faint, partial
     response: float  # multiplier of the patient's treatment rate for this lesion
     noise_seed: int
-    fade: float = 0.0  # diffuse repigmentation: the degree falls by this share of itself per visit
+    fade: float = 0.0  # diffuse repigmentation: the degree falls by this share of its first-visit value per visit
 
 
 def degree(lesion: Lesion, visit: int) -> float:
@@ -159,8 +159,8 @@ def _direction(azimuth, elevation):
 def make_patient(seed: int, index: int, subtype: str | None = None, diffuse: bool = False) -> Patient:
     """Draws patient ``index`` of data set ``seed``; the same arguments give the same patient.
 
-    ``diffuse``: lesions of a responder may also repigment diffusely (their degree fades by 5-25 % of
-    itself per visit, each lesion with probability 0.5), drawn from a stream of its own so that every
+    ``diffuse``: lesions of a responder may also repigment diffusely (each with probability 0.5, its
+    degree falls linearly by 5-25 % of its first-visit value per visit, to no less than a tenth of it), drawn from a stream of its own so that every
     other draw, and every bundled data set (drawn without), stays as it was."""
     r = _rng("patient", seed, index)
     subtype = subtype or SUBTYPES[int(r.integers(len(SUBTYPES)))]

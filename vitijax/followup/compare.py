@@ -13,7 +13,8 @@ and computes
 * the **change map** and **lesion tracks** with their repigmentation patterns
   (:mod:`vitijax.followup.lesions`); the diffuse measure is the fall of the depigmentation degree
   from a baseline lesion to the follow-up lesion that continues it;
-* each photo's **F-VASI estimate** and the responder calls (:mod:`vitijax.followup.fvasi`).
+* each photo's **F-VASI estimate**, each on its own photo with the baseline's reference contrast, and
+  the responder calls (:mod:`vitijax.followup.fvasi`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def measure(photo: np.ndarray, face: np.ndarray, lesion: np.ndarray, unassessabl
     ok_face = (face > 0) if unassessable is None else (face > 0) & ~(unassessable > 0)
     labels, n = lesions_lib.lesions(lesion, ok_face)
     areas = np.bincount(labels.ravel(), minlength=n + 1)
-    ratios = fvasi_lib.contrasts(photo, labels, face, unassessable)
+    ratios = fvasi_lib.contrasts(photo, labels, face, unassessable, lesion)
     face_px = int(ok_face.sum())
     if reference is None:
         reference = fvasi_lib.reference_ratio(ratios, areas, face_px)
@@ -65,9 +66,12 @@ def measure(photo: np.ndarray, face: np.ndarray, lesion: np.ndarray, unassessabl
 class Comparison:
     """A follow-up photo against the baseline, in baseline pixels (module docstring).
 
-    common, codes, follow_labels [h, w] (baseline photo's size); change_pp on the common region (NaN when
-    it is empty); events: the lesion tracks; base, follow: each photo measured (the follow-up's on its
-    warped photo and masks, with the baseline's reference); response: F-VASI improvement and calls.
+    common, codes [h, w] (baseline photo's size); change_pp on the common region (NaN when it is empty);
+    events: the lesion tracks; base, follow: each photo measured in baseline pixels (the follow-up's on
+    its warped photo and masks, with the baseline's reference: its lesions are what is tracked);
+    fvasi_followup: the follow-up's F-VASI estimate on its own photo (the same measure as the
+    baseline's); response: F-VASI improvement and calls; warped_photo [h, w, 3]: the follow-up photo
+    registered onto the baseline.
     """
 
     common: np.ndarray
@@ -77,9 +81,11 @@ class Comparison:
     events: list[lesions_lib.Track]
     base: Measured
     follow: Measured
+    fvasi_followup: float
     response: dict
     registration_ok: bool
     registration_reason: str
+    warped_photo: np.ndarray
 
     def summary(self) -> dict:
         counts: dict[str, int] = {}
@@ -87,7 +93,7 @@ class Comparison:
             counts[ev.event] = counts.get(ev.event, 0) + 1
         return {"change_common_pp": None if math.isnan(self.change_pp) else self.change_pp,
                 "common_share": self.common_share, "events": counts,
-                "fvasi_baseline": self.base.fvasi, "fvasi_followup": self.follow.fvasi, **self.response,
+                "fvasi_baseline": self.base.fvasi, "fvasi_followup": self.fvasi_followup, **self.response,
                 "registration_ok": self.registration_ok, "registration_reason": self.registration_reason,
                 "change_map_pixels": {lesions_lib.CHANGE_CODES[k]: int((self.codes == k).sum())
                                       for k in lesions_lib.CHANGE_CODES}}
@@ -119,14 +125,15 @@ def compare(base_photo: np.ndarray, base_face: np.ndarray, base_lesion: np.ndarr
     if base is None:
         base = measure(base_photo, base_face, base_lesion, base_unassessable)
     follow = measure(photo_f, face_f, lesion_f, unass_f, reference=base.reference)
+    own = measure(follow_photo, follow_face, follow_lesion, follow_unassessable, reference=base.reference).fvasi
     events = lesions_lib.track(base.labels, follow.labels, common)
-    lesions_lib.patterns(events, base.labels, lesion_f)
+    lesions_lib.patterns(events, base.labels, lesion_f, common)
     for ev in events:  # the diffuse measure: the degree's fall along each continued identity
         falls = [(base.degrees[b] - follow.degrees[f]) * base.areas[b] for b, f in ev.continues.items()
                  if math.isfinite(base.degrees[b]) and math.isfinite(follow.degrees[f])]
         weight = sum(base.areas[b] for b, f in ev.continues.items()
                      if math.isfinite(base.degrees[b]) and math.isfinite(follow.degrees[f]))
         lesions_lib.name_pattern(ev, sum(falls) / weight if weight else None)
-    return Comparison(common, codes, change, n_common / max(int(face_b.sum()), 1), events, base, follow,
-                      fvasi_lib.response(base.fvasi, follow.fvasi), reg.ok, reg.reason)
+    return Comparison(common, codes, change, n_common / max(int(face_b.sum()), 1), events, base, follow, own,
+                      fvasi_lib.response(base.fvasi, own), reg.ok, reg.reason, photo_f)
 

@@ -52,11 +52,12 @@ def grey(photo: np.ndarray) -> np.ndarray:
 
 
 def contrasts(photo: np.ndarray, labels: np.ndarray, face: np.ndarray,
-              unassessable: np.ndarray | None = None) -> np.ndarray:
+              unassessable: np.ndarray | None = None, lesion: np.ndarray | None = None) -> np.ndarray:
     """The contrast ratio of each lesion against its surrounding normal skin (module docstring).
 
     photo [h, w, 3] uint8; labels [h, w] int (lesions 1..n, :func:`lesions`); face [h, w] {0, 1};
-    unassessable [h, w] {0, 1} or None. Returns [n + 1] float64 (index 0 unused), NaN where a lesion
+    unassessable [h, w] {0, 1} or None; lesion: the whole lesion mask [h, w] (None: the labelled lesions),
+    so that specks too small to be lesions are not taken for normal skin. Returns [n + 1] float64 (index 0 unused), NaN where a lesion
     has no normal skin around it or none of its own pixels can be assessed.
     """
     n = int(labels.max(initial=0))
@@ -71,7 +72,7 @@ def contrasts(photo: np.ndarray, labels: np.ndarray, face: np.ndarray,
     ok = face > 0
     if unassessable is not None:
         ok = ok & ~(unassessable > 0)
-    skin = ok & (labels == 0)
+    skin = ok & ((labels == 0) if lesion is None else ~(lesion > 0))
     for b, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue

@@ -22,18 +22,22 @@ shrunk      one to one, the area < (1 - :data:`SIZE_CHANGE`) x the baseline's
 stable      one to one, in between
 =========== ===================================================================================
 
-(several to several is reported as ``merged and split``). Each track keeps its identity across
-visits through the Hungarian assignment on overlap (``scipy.optimize.linear_sum_assignment``): in a
-merge or split the follow-up lesion that overlaps most continues the baseline lesion's track.
+(several to several is reported as ``merged and split``). Areas are counted on the common region
+only, so a lesion that the follow-up photo sees only in part is not called shrunk. Each track keeps
+its identity across visits through the Hungarian assignment on overlap
+(``scipy.optimize.linear_sum_assignment``, the one-to-one pairing with the largest total overlap):
+in a merge or split one of the lesions continues the baseline lesion's track, the others are its
+branches.
 
 **Change map** (baseline pixels, :data:`CHANGE_CODES`): outside the common region, normal skin in
 both visits, stable lesion (depigmented in both), repigmented (depigmented at baseline only) and
 newly depigmented (at follow-up only).
 
 **Repigmentation pattern** of a baseline lesion, from its repigmented pixels R (inside the lesion at
-baseline, normal skin at follow-up): the part of R in components that do not touch the lesion's
-outline is *perifollicular* (islands of pigment inside the lesion, around hair follicles); the part
-that touches it is *marginal* (the border retreating); *diffuse* is the fall of the lesion's
+baseline and in the common region, normal skin at follow-up): the part of R in components that do
+not touch the lesion's outer outline (its holes filled: pigment islands it already had are inside)
+is *perifollicular* (islands of pigment inside the lesion, around hair follicles); the part that
+touches it is *marginal* (the border retreating); *diffuse* is the fall of the lesion's
 estimated depigmentation degree (:mod:`vitijax.followup.fvasi`), a general rise in pigment that
 changes no pixel's label. The pattern named is the largest of perifollicular share, marginal
 share and (when the degree fell by at least 0.1) diffuse.
@@ -125,20 +129,19 @@ def track(base_labels: np.ndarray, follow_labels: np.ndarray, common: np.ndarray
     are left out). Returns the events, baseline-ordered, then the new lesions.
     """
     nb, nf = int(base_labels.max(initial=0)), int(follow_labels.max(initial=0))
-    area_b = np.bincount(base_labels.ravel(), minlength=nb + 1)
-    area_f = np.bincount(follow_labels.ravel(), minlength=nf + 1)
-    both = (base_labels > 0) & (follow_labels > 0)
+    whole_b = np.bincount(base_labels.ravel(), minlength=nb + 1)
+    whole_f = np.bincount(follow_labels.ravel(), minlength=nf + 1)
+    c = np.ones(base_labels.shape, bool) if common is None else common > 0
+    area_b = np.bincount(base_labels[c].ravel(), minlength=nb + 1)  # what both photos see of each lesion
+    area_f = np.bincount(follow_labels[c].ravel(), minlength=nf + 1)
+    both = (base_labels > 0) & (follow_labels > 0) & c
     pairs = base_labels[both].astype(np.int64) * (nf + 1) + follow_labels[both]
     overlap = np.bincount(pairs, minlength=(nb + 1) * (nf + 1)).reshape(nb + 1, nf + 1)
     smaller = np.minimum(area_b[:, None], area_f[None, :])
     linked = (overlap >= MIN_LINK_OVERLAP * np.maximum(smaller, 1)) & (overlap > 0)
     linked[0, :] = linked[:, 0] = False
-    seen_b = np.ones(nb + 1, bool)
-    seen_f = np.ones(nf + 1, bool)
-    if common is not None:  # the share of each lesion inside the common region
-        c = common > 0
-        seen_b = np.bincount(base_labels[c].ravel(), minlength=nb + 1) >= 0.5 * area_b
-        seen_f = np.bincount(follow_labels[c].ravel(), minlength=nf + 1) >= 0.5 * area_f
+    seen_b = area_b >= 0.5 * whole_b  # at least half of it in the common region
+    seen_f = area_f >= 0.5 * whole_f
     # Hungarian assignment on overlap: who continues whose identity.
     continues: dict[int, int] = {}
     if nb and nf:
@@ -191,11 +194,14 @@ def track(base_labels: np.ndarray, follow_labels: np.ndarray, common: np.ndarray
     return events
 
 
-def patterns(events: list[Track], base_labels: np.ndarray, follow_mask: np.ndarray) -> None:
+def patterns(events: list[Track], base_labels: np.ndarray, follow_mask: np.ndarray,
+             common: np.ndarray | None = None) -> None:
     """Fills each baseline event's perifollicular and marginal repigmented pixels (module docstring) and
     its ``pattern`` (without the diffuse measure, which :func:`name_pattern` adds). ``follow_mask``:
-    the warped follow-up lesion mask [h, w] (all of it, not only the tracked lesions)."""
+    the warped follow-up lesion mask [h, w] (all of it, not only the tracked lesions); ``common``: where
+    both photos see the face (what the follow-up does not see did not repigment)."""
     objects = ndimage.find_objects(base_labels)
+    seen = np.ones(base_labels.shape, bool) if common is None else common > 0
     for ev in events:
         for b in ev.base:
             sl = objects[b - 1]
@@ -203,11 +209,12 @@ def patterns(events: list[Track], base_labels: np.ndarray, follow_mask: np.ndarr
                 continue
             sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)  # one pixel of outside around
             lesion = base_labels[sl] == b
-            repig = lesion & ~(follow_mask[sl] > 0)
+            repig = lesion & seen[sl] & ~(follow_mask[sl] > 0)
             parts, n = ndimage.label(repig, _EIGHT)
             if not n:
                 continue
-            outline = ndimage.binary_dilation(~lesion, _EIGHT) & lesion  # the lesion's own border pixels
+            filled = ndimage.binary_fill_holes(lesion)  # old islands inside are not its border
+            outline = ndimage.binary_dilation(~filled, _EIGHT, border_value=1) & filled
             touching = np.zeros(n + 1, bool)
             touching[np.unique(parts[outline])] = True
             sizes = np.bincount(parts.ravel(), minlength=n + 1)

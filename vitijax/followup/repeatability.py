@@ -4,18 +4,20 @@ A *subject* here is one patient in one view at one visit, photographed ``k >= 2`
 re-seated, the camera re-aimed); each photo is measured on its own. With subjects ``i`` and their
 repeat values ``x_ij``:
 
-* **within-subject SD** ``S_w`` = sqrt(mean over subjects of the sample variance of ``x_ij``) (the
-  standard error of measurement, SEM);
+* **within-subject SD** ``S_w`` = sqrt(MSW), the pooled within-subject mean square (with equal
+  repeats per subject, the mean of the subjects' sample variances): the standard error of
+  measurement, SEM;
 * **coefficient of variation** (root mean square over subjects of SD_i / mean_i, in %), over the
   subjects with a mean above zero (what Vitil-IA reports as "< 3 % repeat variation");
-* **ICC(1,1)**: one-way random-effects intraclass correlation, (MSB - MSW) / (MSB + (k - 1) MSW)
-  with ``k`` the mean number of repeats (Shrout and Fleiss 1979): the share of the values' spread
-  that is between subjects, not between repeats;
+* **ICC(1,1)**: one-way random-effects intraclass correlation, (MSB - MSW) / (MSB + (k0 - 1) MSW)
+  (Shrout and Fleiss 1979), ``k0`` = (N - sum n_i^2 / N) / (g - 1) for ``g`` subjects with ``n_i``
+  repeats, ``N`` in all (``k`` when every subject has ``k``): the share of the values' spread that is
+  between subjects, not between repeats;
 * **smallest detectable change** SDC = 1.96 x sqrt(2) x SEM: a change between two photos smaller
   than this is within what re-photographing the same face produces, at 95 %.
 
 :func:`detectable` is the rule the reports use: a change with an absolute value below the SDC is
-"no detectable change".
+"no detectable change"; one above it is detectable.
 """
 
 from __future__ import annotations
@@ -38,25 +40,25 @@ def summarise(groups: Mapping[object, Sequence[float]]) -> dict[str, float]:
         return out
     variances = np.array([v.var(ddof=1) for v in values])
     means = np.array([v.mean() for v in values])
-    sw = float(np.sqrt(variances.mean()))
+    n = np.array([len(v) for v in values], np.float64)
+    msw = float(sum(((v - v.mean()) ** 2).sum() for v in values) / (n.sum() - len(values)))
+    sw = math.sqrt(msw)
     positive = means > 0
     out.update(mean=float(means.mean()), within_sd=sw, sdc=1.96 * math.sqrt(2.0) * sw)
     if positive.any():
         out["cv_pct"] = float(100.0 * np.sqrt(np.mean(variances[positive] / means[positive] ** 2)))
     if len(values) >= 2:
-        n = np.array([len(v) for v in values], np.float64)
         grand = float(np.concatenate(values).mean())
         msb = float((n * (means - grand) ** 2).sum() / (len(values) - 1))
-        msw = float(sum(((v - v.mean()) ** 2).sum() for v in values) / (n.sum() - len(values)))
-        k = float(n.mean())
-        denom = msb + (k - 1) * msw
+        k0 = float((n.sum() - (n ** 2).sum() / n.sum()) / (len(values) - 1))
+        denom = msb + (k0 - 1) * msw
         out["icc"] = (msb - msw) / denom if denom > 0 else math.nan
     return out
 
 
 def detectable(change: float, sdc: float) -> bool | None:
-    """True when ``|change| >= sdc`` (a real change, at 95 %), False below it ("no detectable change"),
+    """True when ``|change| > sdc`` (a real change, at 95 %), False otherwise ("no detectable change"),
     None when either is undefined."""
     if not (math.isfinite(change) and math.isfinite(sdc)):
         return None
-    return abs(change) >= sdc
+    return abs(change) > sdc

@@ -14,7 +14,7 @@ as doubtful no call is made. The SDC comes from the analysis's own
 repeat shots when it has them (at least :data:`MIN_REPEAT_SUBJECTS` patient-view-visits photographed
 twice or more: ``<view>-shot<n>`` files, :mod:`vitijax.data.photos`), from the *registered* ratios
 (each shot's change on the common region added to the baseline's ratio, the measure a follow-up
-change is made of); otherwise it is :data:`DEFAULT_SDC_PP`, measured by ``launch.followup_study`` on
+change is made of; shots whose registration is doubtful are left out); otherwise it is :data:`DEFAULT_SDC_PP`, measured by ``launch.followup_study`` on
 synthetic patients through the whole chain, and the record says which.
 """
 
@@ -113,7 +113,7 @@ def follow_up(out: str, rows: list[dict[str, Any]], log: Callable[[str], None] |
             reg = register(b_photo, b_face, photo, face, b_lesion, lesion)
             cmp = compare(b_photo, b_face, b_lesion, photo, face, lesion, reg, b_unass, unass, base=base)
             folder = os.path.join(out, r["files"]["outputs"])
-            _save(os.path.join(folder, "aligned.jpg"), reg.warp(photo)[frame])
+            _save(os.path.join(folder, "aligned.jpg"), cmp.warped_photo[frame])
             _save(os.path.join(folder, "change_map.png"), change_picture(cmp.codes[frame], b_photo[frame]), nearest=True)
             r["files"]["aligned"] = os.path.join(r["files"]["outputs"], "aligned.jpg")
             r["files"]["change_map"] = os.path.join(r["files"]["outputs"], "change_map.png")
@@ -137,7 +137,7 @@ def follow_up(out: str, rows: list[dict[str, Any]], log: Callable[[str], None] |
         fu = r.get("follow_up") or {}
         if fu.get("role") == "baseline":
             shots.setdefault((str(r["patient"]), str(r["view"]), r["visit"]), []).append(r["ratio"])
-        elif fu.get("role") == "follow-up" and fu.get("change_common_pp") is not None:
+        elif fu.get("role") == "follow-up" and fu.get("change_common_pp") is not None and fu.get("registration_ok"):
             shots.setdefault((str(r["patient"]), str(r["view"]), r["visit"]), []).append(
                 fu["baseline_ratio"] + fu["change_common_pp"])
     repeats = {k: v for k, v in shots.items() if len(v) >= 2}

@@ -168,6 +168,11 @@ def _fmt(v, spec=".2f") -> str:
     return "&ndash;" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def plain(text) -> str:
+    """``text`` for a matplotlib label: a ``$`` from a patient id would start mathtext (and can fail)."""
+    return str(text).replace("$", r"\$")
+
+
 def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) -> None:
     """F-Vitiligo over visits, one line per view (matplotlib, Agg)."""
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
@@ -177,11 +182,11 @@ def timeline_plot(patient: str, rows: Sequence[Mapping[str, Any]], path: str) ->
         pts = sorted((r["visit"], r["ratio"]) for r in rows
                      if str(r["view"]) == view and not r.get("shot") and math.isfinite(r["ratio"]))
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=view)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=plain(view))
             plotted += 1
     ax.set_xlabel("visit")
     ax.set_ylabel("F-Vitiligo (%)")
-    ax.set_title(f"Patient {patient}", fontsize=10)
+    ax.set_title(f"Patient {plain(patient)}", fontsize=10)
     ax.set_ylim(bottom=0)
     visits = sorted({r["visit"] for r in rows})
     ax.set_xlim(visits[0] - 0.5, visits[-1] + 0.5)  # one visit: a readable axis around it, not -0.04..0.04
@@ -257,20 +262,20 @@ def trajectory_plot(patient: str, rows: Sequence[Mapping[str, Any]], sdc: float,
                                                                            if kv[0] in VIEW_ORDER else 9, kv[0]))):
         colour = f"C{k}"
         xs = [p[0] for p in pts]
-        ax.plot(xs, [p[1] for p in pts], marker="o", color=colour, label=view)
+        ax.plot(xs, [p[1] for p in pts], marker="o", color=colour, label=plain(view))
         if math.isfinite(sdc):
             ax.fill_between([xs[0], xs[-1]], pts[0][1] - sdc, pts[0][1] + sdc, color=colour, alpha=0.12, lw=0)
-        bx.plot(xs, [p[2] if p[2] is not None else math.nan for p in pts], marker="s", color=colour, label=view)
+        bx.plot(xs, [p[2] if p[2] is not None else math.nan for p in pts], marker="s", color=colour, label=plain(view))
     ax.set_xlabel("visit")
-    ax.set_ylabel("F-Vitiligo on the common region (%)")
-    ax.set_title(f"registered; band: +-{sdc:.2f} pp (no detectable change)", fontsize=8)
+    ax.set_ylabel("F-Vitiligo, registered (%)")
+    ax.set_title(f"registered (baseline + change on the common region); band: +-{sdc:.2f} pp (no detectable change)", fontsize=8)
     bx.set_xlabel("visit")
     bx.set_ylabel("F-VASI estimate")
     bx.set_title("F-VASI estimate (from UV contrast)", fontsize=8)
     for a in (ax, bx):
         a.set_ylim(bottom=0)
         a.legend(fontsize=8)
-    fig.suptitle(f"Patient {patient}", fontsize=10)
+    fig.suptitle(f"Patient {plain(patient)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -322,8 +327,8 @@ def followup_section(out: str, d: str, rows: Sequence[Mapping[str, Any]], follow
                 f"<td>{_pct(f.get('improvement_pct'), '+.0f')}</td><td>{call}</td></tr>")
         face_px = max(int(base.get("face_pixels") or 0), 1)
         lesion_rows = "".join(
-            f"<tr><td>{e(t['event'])}</td><td>{e(', '.join(map(str, t['base'])) or '&ndash;')}</td>"
-            f"<td>{e(', '.join(map(str, t['follow'])) or '&ndash;')}</td><td>{100 * t['base_area'] / face_px:.2f}</td>"
+            f"<tr><td>{e(t['event'])}</td><td>{e(', '.join(map(str, t['base']))) or '&ndash;'}</td>"
+            f"<td>{e(', '.join(map(str, t['follow']))) or '&ndash;'}</td><td>{100 * t['base_area'] / face_px:.2f}</td>"
             f"<td>{100 * t['follow_area'] / face_px:.2f}</td><td>{_pct(t.get('area_change_pct'), '+.0f')}</td>"
             f"<td>{e(t.get('pattern') or '')}</td></tr>" for t in fu.get("tracks", []))
         parts.append(f"""<h3>{e(view)}</h3><div class=pair><div>{slider}</div><div>{change}<br><small>change map,
@@ -442,7 +447,8 @@ def write_results(out: str, rows: list[dict[str, Any]], problems: Sequence[tuple
         ok = [r for r in prow if r["status"] == "ok"]
         by_visit = {}
         for r in ok:
-            by_visit.setdefault(r["visit"], []).append(r["ratio"])
+            if not r.get("shot"):  # a view's repeat shots would weigh it twice in the mean of the views
+                by_visit.setdefault(r["visit"], []).append(r["ratio"])
         ratios = " &rarr; ".join(f"{float(np.mean(v)):.2f}" for _, v in sorted(by_visit.items())) or "&ndash;"
         review = sum(bool(r.get("needs_review")) for r in ok)
         links.append(f'<tr><td><a href="{e(os.path.relpath(report, out))}">{e(pid)}</a></td><td>{len(prow)}</td>'

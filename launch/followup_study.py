@@ -30,7 +30,7 @@ Scored, per source:
   a true link joins two lesions (connected components) that hold a common generator lesion
   (:func:`id_sets`);
 * **F-VASI estimate** per photo against the true F-VASI (true areas times the generator lesions'
-  true degrees, graded): ICC (one-way, absolute agreement) and MAE; and the F-VASI50 / F-VASI75 calls
+  true degrees, graded): ICC(2,1) (absolute agreement, :mod:`vitijax.agreement`) and MAE; and the F-VASI50 / F-VASI75 calls
   from baseline to the last visit against the true calls;
 * **repeatability** over the repeat shots (:mod:`vitijax.followup.repeatability`): CV, ICC and the
   smallest detectable change (SDC) of F-Vitiligo, of F-VASI, and of *registered* F-Vitiligo (each
@@ -181,6 +181,7 @@ def _registration_summary(pairs: list[dict]) -> dict:
 def summarise(pairs: list[dict], photos: list[dict]) -> dict:
     """The study's figures for one mask source: ``pairs`` from :func:`score_pair`, ``photos`` one row per
     photo (ratio, F-VASI estimate and truth, visit, shot)."""
+    from vitijax.agreement import icc_a1
     from vitijax.followup import repeatability
     from vitijax.followup.fvasi import response
 
@@ -205,8 +206,7 @@ def summarise(pairs: list[dict], photos: list[dict]) -> dict:
             events[k] = events.get(k, 0) + v
     # F-VASI estimate against truth, one value per photo
     fv = [(r["fvasi"], r["fvasi_true"]) for r in photos if math.isfinite(r["fvasi"])]
-    agreement = repeatability.summarise({i: list(v) for i, v in enumerate(fv)})
-    out["fvasi"] = {"photos": len(fv), "icc": agreement["icc"],
+    out["fvasi"] = {"photos": len(fv), "icc": icc_a1([e for e, _ in fv], [t for _, t in fv]) if fv else math.nan,
                     "mae": float(np.mean([abs(e - t) for e, t in fv])) if fv else math.nan,
                     "bias": float(np.mean([e - t for e, t in fv])) if fv else math.nan}
     calls = []

@@ -321,3 +321,24 @@ def test_study_record_round_trips(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable study record"):
         study.load(str(tmp_path))
+
+
+def test_synthesize_writes_repeat_shots_of_another_day(tmp_path):
+    import csv
+
+    from launch import synthesize
+
+    assert synthesize.main(["--patients", "1", "--visits", "2", "--views", "front", "--shots", "2", "--size", "96",
+                            "64", "--acquisition", "follow-up", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "truth.csv")))
+    assert [(r["visit"], r["shot"]) for r in rows] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    for visit in (0, 1):
+        for name in ("front.png", "front-shot1.png"):
+            for kind in ("images", "face_masks", "vitiligo_masks"):
+                assert (tmp_path / kind / "S1000_P000" / str(visit) / name).is_file()
+    # the layout analyze reads: shot 1 of the front view, not a view called "front-shot1"
+    from vitijax.data.photos import find_photos
+
+    photos, problems = find_photos([str(tmp_path / "images")])
+    assert not problems and sorted((p.visit, p.view, p.shot) for p in photos) == [
+        (0, "front", 0), (0, "front", 1), (1, "front", 0), (1, "front", 1)]

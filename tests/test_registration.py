@@ -74,7 +74,7 @@ def test_registration_finds_the_true_correspondence(view):
     err, before = true_errors(patient, a, b, reg), true_errors(patient, a, b, identity)
     assert reg.ok, reg.reason
     # The goal: median <= 1 % of the face width. The tail is where a large lesion (no texture
-    # to follow, left out) meets a head turned differently: launch.registration_study measures it.
+    # to follow, left out) meets a head turned differently: launch.followup_study measures it.
     assert np.median(err) < 0.01 and np.percentile(err, 95) < 0.06
     assert np.median(before) > 0.04  # the photos were not aligned to begin with
     # Warping the follow-up's truth onto the baseline grid puts its face where the baseline's is.

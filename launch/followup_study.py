@@ -312,7 +312,8 @@ def _print(source: str, s: dict, size) -> None:
           f"bias {f['bias']:+.3f}; F-VASI50 calls agree {f['fvasi50_calls']['agree']}/{f['fvasi50_calls']['pairs']}, "
           f"F-VASI75 {f['fvasi75_calls']['agree']}/{f['fvasi75_calls']['pairs']}")
     for k, r in s["repeatability"].items():
-        print(f"repeatability of {k}: CV {r['cv_pct']:.2f} %, ICC {r['icc']:.4f}, within-subject SD "
+        print(f"repeatability of {k}: CV {r['cv_pct']:.2f} % (pooled {r['cv_pooled_pct']:.2f} %), ICC {r['icc']:.4f}, "
+              f"within-subject SD "
               f"{r['within_sd']:.3f}, smallest detectable change {r['sdc']:.3f} ({r['subjects']} subjects, "
               f"{r['photos']} photos)")
     d = s["detectable"]

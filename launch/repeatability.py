@@ -63,12 +63,12 @@ def plot(path: str, data: dict[str, dict[tuple, list[float]]], figures: dict[str
             ax.plot([mean] * len(v), [x - mean for x in v], "o", ms=4, alpha=0.7)
         sdc = figures[m]["sdc"]
         if math.isfinite(sdc):
-            ax.axhspan(-sdc / math.sqrt(2), sdc / math.sqrt(2), color="0.85", zorder=0,
-                       label="+- 1.96 SEM (95 % of repeat shots)")
+            ax.axhspan(-sdc / math.sqrt(2), sdc / math.sqrt(2), color="0.85", zorder=0, label="+- 1.96 SEM")
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("subject mean")
         ax.set_ylabel("shot - subject mean")
-        ax.set_title(f"{m}: CV {figures[m]['cv_pct']:.2f} %, SDC {sdc:.2f}", fontsize=9)
+        ax.set_title(f"{m}: CV {figures[m]['cv_pct']:.1f} % (pooled {figures[m]['cv_pooled_pct']:.1f} %), "
+                     f"SDC {sdc:.2f}", fontsize=8)
         if math.isfinite(sdc):
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -97,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.results}: no patient, view and visit was photographed twice with a ratio; name repeat "
               "shots <view>-shot<n> (e.g. front-shot2.jpg) or give a manifest 'shot' column", file=sys.stderr)
         return 1
-    print("| measure | subjects | photos | mean | within-subject SD | CV (%) | ICC | smallest detectable change |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| measure | subjects | photos | mean | within-subject SD | CV (%) | pooled CV (%) | ICC | "
+          "smallest detectable change |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in MEASURES:
         f = figures[m]
         print(f"| {m} | {f['subjects']} | {f['photos']} | {f['mean']:.3f} | {f['within_sd']:.3f} | {f['cv_pct']:.2f} | "
-              f"{f['icc']:.4f} | {f['sdc']:.3f} |")
+              f"{f['cv_pooled_pct']:.2f} | {f['icc']:.4f} | {f['sdc']:.3f} |")
     out = a.out or os.path.join(a.results, "repeatability.json")
     with open(out, "w") as f:
         json.dump(study.json_safe({"results": os.path.abspath(a.results), "figures": figures, "subjects": {

@@ -198,6 +198,7 @@ def test_repeatability_against_hand_computed_figures():
     assert s["within_sd"] == pytest.approx(sw)
     assert s["sdc"] == pytest.approx(1.96 * math.sqrt(2) * sw)
     assert s["cv_pct"] == pytest.approx(100 * math.sqrt((2 / 121 + 2 / 441 + 0) / 3))
+    assert s["cv_pooled_pct"] == pytest.approx(100 * sw / (124 / 6)) and s["mean"] == pytest.approx(124 / 6)
     # one-way ICC by hand: means 11, 21, 30; grand mean 124 / 6; MSB = k SS(means) / (g - 1)
     means = np.array([11, 21, 30.0])
     grand = 124 / 6

@@ -35,8 +35,9 @@ from vitijax.followup.lesions import change_picture
 from vitijax.followup.registration import register
 
 # The smallest detectable change of registered F-Vitiligo (pp) of the synthetic follow-up study through
-# the chain (python -m launch.followup_study --model models/synthetic; README, "Follow-up across visits").
-DEFAULT_SDC_PP = 1.0
+# the chain: 1.918 pp from 12 patient-views x 3 shots at 2832x4240 (python -m launch.followup_study
+# --model models/synthetic; README, "Follow-up across visits"). A user's own repeat shots replace it.
+DEFAULT_SDC_PP = 1.9
 DEFAULT_SDC_SOURCE = "launch.followup_study (synthetic patients, chain masks, registered F-Vitiligo)"
 MIN_REPEAT_SUBJECTS = 3
 PICTURE_SIDE = 720  # the long side of aligned.jpg and change_map.png, pixels (at most)

@@ -1,7 +1,7 @@
 """Follow-up across visits, measured against the synthetic generator's truth.
 
     python -m launch.followup_study --model models/synthetic --out runs/followup_study \\
-        --picture docs/registration.png --change-picture docs/followup_change.png
+        --picture docs/registration.jpg --change-picture docs/followup_change.jpg
 
 Renders new synthetic patients (seed 6000, never trained on) as a clinic re-photographs them
 (``synthetic.FOLLOW_UP``: per photo the head turned, nodded and tilted by up to about 10 degrees,
@@ -271,7 +271,7 @@ def pair_picture(path: str, a, b, reg, cmp, height: int = 560) -> None:
              outlines(fit_height(warped, height), [(face, YELLOW)]),
              outlines(fit_height(change_picture(cmp.codes[sl], a.image[sl]), height, nearest=True),
                       [(lesion, GREEN)])]
-    Image.fromarray(grid([tiles])).save(path)
+    Image.fromarray(grid([tiles])).save(path, quality=88)  # .jpg for the docs: a tenth of the PNG
 
 
 def registration_picture(path: str, a, b, reg, height: int = 640) -> None:
@@ -283,7 +283,7 @@ def registration_picture(path: str, a, b, reg, height: int = 640) -> None:
 
     outline = fit_height((a.face_mask * 255).astype(np.uint8), height, nearest=True) > 127
     tiles = [outlines(fit_height(img, height), [(outline, YELLOW)]) for img in (a.image, b.image, reg.warp(b.image))]
-    Image.fromarray(grid([tiles])).save(path)
+    Image.fromarray(grid([tiles])).save(path, quality=88)  # .jpg for the docs: a tenth of the PNG
 
 
 def _print(source: str, s: dict, size) -> None:

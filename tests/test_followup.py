@@ -343,3 +343,23 @@ def test_synthesize_writes_repeat_shots_of_another_day(tmp_path):
     photos, problems = find_photos([str(tmp_path / "images")])
     assert not problems and sorted((p.visit, p.view, p.shot) for p in photos) == [
         (0, "front", 0), (0, "front", 1), (1, "front", 0), (1, "front", 1)]
+
+
+def test_screenshot_of_a_report_page(tmp_path):
+    """launch.screenshot: the system's headless Chromium takes the page, the crop keeps the rows asked for."""
+    from launch import screenshot
+
+    if screenshot.find_browser() is None:
+        pytest.skip("no Chromium on the PATH (chromium, chromium-browser or google-chrome)")
+    from PIL import Image
+
+    page = tmp_path / "page.html"
+    page.write_text('<!doctype html><body style="margin:0;background:#fff"><div style="height:100px;background:#f00">'
+                    '</div><div style="height:100px;background:#00f"></div></body>')
+    out = tmp_path / "shot.png"
+    assert screenshot.main([str(page), "--out", str(out), "--width", "200", "--height", "300",
+                            "--crop", "100", "200"]) == 0
+    im = np.asarray(Image.open(out).convert("RGB"))
+    assert im.shape == (100, 200, 3)
+    assert (im[50, 100] == [0, 0, 255]).all()  # the second (blue) block, not the first
+    assert screenshot.main([str(tmp_path / "nope.html"), "--out", str(out)]) == 2

@@ -56,7 +56,8 @@ _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;co
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}img{max-width:100%}
 .flag{color:#b03000}small{color:#666}.blend{position:relative;display:inline-block}
-.blend img.top{position:absolute;left:0;top:0}.pair{display:flex;gap:1em;flex-wrap:wrap}.map{max-width:100%}"""
+.blend img{width:430px}.blend img.top{position:absolute;left:0;top:0}.pair{display:flex;gap:1em;flex-wrap:wrap}
+.map{width:430px}.pair>div{width:430px}"""
 
 
 def safe_name(name: str) -> str:
@@ -271,6 +272,9 @@ def trajectory_plot(patient: str, rows: Sequence[Mapping[str, Any]], sdc: float,
     ax.set_title(f"registered (baseline + change on the common region); band: +-{sdc:.2f} pp (no detectable change)", fontsize=8)
     bx.set_xlabel("visit")
     bx.set_ylabel("F-VASI estimate")
+    visits = sorted({p[0] for pts in series.values() for p in pts})
+    for a in (ax, bx):
+        a.set_xticks(visits)
     bx.set_title("F-VASI estimate (from UV contrast)", fontsize=8)
     for a in (ax, bx):
         a.set_ylim(bottom=0)
@@ -343,7 +347,7 @@ area (% face)</th><th>follow-up area (% face)</th><th>area change (%)</th><th>re
 {lesion_rows or '<tr><td>no lesions</td></tr>'}</table>""")
     if not parts:
         return ""
-    return (f"<h2>Follow-up: every visit registered onto the baseline</h2>"
+    return (f"<h2 id=follow-up>Follow-up: every visit registered onto the baseline</h2>"
             f"<img src=\"trajectory.png\" alt=\"registered F-Vitiligo and F-VASI over visits\">"
             f"{''.join(parts)}<small>Change on the common region: F-Vitiligo of the follow-up minus the baseline's, "
             f"counted on the baseline face pixels that both photos show. Smallest detectable change (SDC): "

@@ -363,3 +363,27 @@ def test_screenshot_of_a_report_page(tmp_path):
     assert im.shape == (100, 200, 3)
     assert (im[50, 100] == [0, 0, 255]).all()  # the second (blue) block, not the first
     assert screenshot.main([str(tmp_path / "nope.html"), "--out", str(out)]) == 2
+
+
+def test_the_smallest_detectable_change_comes_from_trusted_repeat_shots():
+    from vitijax.followup import visits
+
+    def rows(n_subjects, ok=True):
+        out = []
+        for i in range(n_subjects):
+            out.append({"patient": f"p{i}", "view": "front", "visit": 0, "ratio": 10.0 + i,
+                        "follow_up": {"role": "baseline"}})
+            out.append({"patient": f"p{i}", "view": "front", "visit": 0, "ratio": 11.0 + i,
+                        "follow_up": {"role": "follow-up", "baseline_ratio": 10.0 + i, "change_common_pp": 0.5 * (i + 1),
+                                      "registration_ok": ok}})
+        return out
+
+    info = visits.smallest_detectable_change(rows(3))
+    # registered values: [10, 10.5], [11, 12], [12, 13.5]: variances 0.125, 0.5, 1.125
+    sem = math.sqrt((0.125 + 0.5 + 1.125) / 3)
+    assert info["sdc_pp"] == pytest.approx(1.96 * math.sqrt(2) * sem)
+    assert info["sdc_source"].startswith("this analysis's repeat shots (3 patient-view-visits, 6 photos)")
+    # two subjects are too few; doubtful registrations do not count
+    for few in (rows(2), rows(3, ok=False)):
+        info = visits.smallest_detectable_change(few)
+        assert info["sdc_pp"] == visits.DEFAULT_SDC_PP and info["repeatability"] is None

@@ -132,7 +132,21 @@ def follow_up(out: str, rows: list[dict[str, Any]], log: Callable[[str], None] |
                 f"change {cmp.change_pp:+.2f} pp on {100 * cmp.common_share:.0f} % of the face"
                 f"{'' if reg.ok else ' (' + reg.reason + ')'}; {time.perf_counter() - t:.1f} s; "
                 f"ETA {(total - done) / rate:.0f} s")
-    # The smallest detectable change: from the repeat shots, registered, when there are enough.
+    info = {"pairs": len(pairs), **smallest_detectable_change(rows)}
+    for r in pairs:
+        fu = r["follow_up"]
+        change = fu["change_common_pp"] if fu["change_common_pp"] is not None else math.nan
+        # a doubtful registration makes no call: its change may be the misalignment's
+        fu["detectable"] = repeatability.detectable(change, info["sdc_pp"]) if fu["registration_ok"] else None
+        fu["sdc_pp"] = info["sdc_pp"]
+    return info
+
+
+def smallest_detectable_change(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"sdc_pp", "sdc_source", "repeatability"} for rows whose ``follow_up`` is filled: from the repeat
+    shots, registered (the baseline's ratio plus each shot's change on the common region; doubtful
+    registrations left out), when at least :data:`MIN_REPEAT_SUBJECTS` patient-view-visits have two or
+    more; else :data:`DEFAULT_SDC_PP`."""
     shots: dict[tuple[str, str, int], list[float]] = {}
     for r in rows:
         fu = r.get("follow_up") or {}
@@ -142,17 +156,9 @@ def follow_up(out: str, rows: list[dict[str, Any]], log: Callable[[str], None] |
             shots.setdefault((str(r["patient"]), str(r["view"]), r["visit"]), []).append(
                 fu["baseline_ratio"] + fu["change_common_pp"])
     repeats = {k: v for k, v in shots.items() if len(v) >= 2}
-    info: dict[str, Any] = {"pairs": len(pairs), "sdc_pp": DEFAULT_SDC_PP, "sdc_source": DEFAULT_SDC_SOURCE,
-                            "repeatability": None}
-    if len(repeats) >= MIN_REPEAT_SUBJECTS:
-        rep = repeatability.summarise(repeats)
-        info.update(sdc_pp=rep["sdc"], repeatability=rep,
-                    sdc_source=f"this analysis's repeat shots ({rep['subjects']} patient-view-visits, "
-                               f"{rep['photos']} photos), registered F-Vitiligo")
-    for r in pairs:
-        fu = r["follow_up"]
-        change = fu["change_common_pp"] if fu["change_common_pp"] is not None else math.nan
-        # a doubtful registration makes no call: its change may be the misalignment's
-        fu["detectable"] = repeatability.detectable(change, info["sdc_pp"]) if fu["registration_ok"] else None
-        fu["sdc_pp"] = info["sdc_pp"]
-    return info
+    if len(repeats) < MIN_REPEAT_SUBJECTS:
+        return {"sdc_pp": DEFAULT_SDC_PP, "sdc_source": DEFAULT_SDC_SOURCE, "repeatability": None}
+    rep = repeatability.summarise(repeats)
+    return {"sdc_pp": rep["sdc"], "repeatability": rep,
+            "sdc_source": f"this analysis's repeat shots ({rep['subjects']} patient-view-visits, {rep['photos']} "
+                          "photos), registered F-Vitiligo"}

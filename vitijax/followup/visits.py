@@ -43,11 +43,12 @@ MIN_REPEAT_SUBJECTS = 3
 PICTURE_SIDE = 720  # the long side of aligned.jpg and change_map.png, pixels (at most)
 
 
-def _frame(face: np.ndarray, margin: float = 0.06) -> tuple[slice, slice]:
-    """The baseline face's bounding box grown by ``margin`` of its size: the framing of the pictures."""
+def _frame(face: np.ndarray, border: float = 0.06) -> tuple[slice, slice]:
+    """The baseline face's bounding box grown by ``border`` of its size on each side: the framing of the
+    report's pictures (not the networks' crop, whose margin the input contract holds)."""
     ys, xs = np.nonzero(face)
     h, w = face.shape
-    my, mx = int(margin * (np.ptp(ys) + 1)), int(margin * (np.ptp(xs) + 1))
+    my, mx = int(border * (np.ptp(ys) + 1)), int(border * (np.ptp(xs) + 1))
     return slice(max(ys.min() - my, 0), min(ys.max() + 1 + my, h)), slice(max(xs.min() - mx, 0), min(xs.max() + 1 + mx, w))
 
 

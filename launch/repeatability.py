@@ -28,30 +28,9 @@ import math
 import os
 import sys
 
-MEASURES = ("f_vitiligo", "f_vitiligo_registered", "fvasi")
-
-
-def groups(photos) -> dict[str, dict[tuple, list[float]]]:
-    """{measure: {(patient, view, visit): [value per shot]}} from the study record's photos."""
-    out: dict[str, dict[tuple, list[float]]] = {m: {} for m in MEASURES}
-    for p in photos:
-        if p.get("status") != "ok":
-            continue
-        key = (str(p["patient"]), str(p["view"]), p["visit"])
-        out["f_vitiligo"].setdefault(key, []).append(p["ratio"])
-        fu = p.get("follow_up") or {}
-        if fu.get("role") == "baseline":
-            out["f_vitiligo_registered"].setdefault(key, []).append(p["ratio"])
-            out["fvasi"].setdefault(key, []).append(fu.get("fvasi"))
-        elif fu.get("role") == "follow-up":
-            if fu.get("change_common_pp") is not None:
-                out["f_vitiligo_registered"].setdefault(key, []).append(fu["baseline_ratio"] + fu["change_common_pp"])
-            out["fvasi"].setdefault(key, []).append(fu.get("fvasi_followup"))
-    return out
-
-
 def plot(path: str, data: dict[str, dict[tuple, list[float]]], figures: dict[str, dict]) -> None:
     """One panel per measure: every subject's shots against the subject's mean, with the SDC band."""
+    from vitijax.followup.repeatability import MEASURES
     from vitijax.report.figures import plt
 
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.6))
@@ -91,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    data = groups(rec.photos)
-    figures = {m: repeatability.summarise(data[m]) for m in MEASURES}
+    data = repeatability.record_groups(rec.photos)
+    figures = {m: repeatability.summarise(data[m]) for m in repeatability.MEASURES}
     if not figures["f_vitiligo"]["subjects"]:
         print(f"error: {a.results}: no patient, view and visit was photographed twice with a ratio; name repeat "
               "shots <view>-shot<n> (e.g. front-shot2.jpg) or give a manifest 'shot' column", file=sys.stderr)
@@ -100,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | subjects | photos | mean | within-subject SD | CV (%) | pooled CV (%) | ICC | "
           "smallest detectable change |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for m in MEASURES:
+    for m in repeatability.MEASURES:
         f = figures[m]
         print(f"| {m} | {f['subjects']} | {f['photos']} | {f['mean']:.3f} | {f['within_sd']:.3f} | {f['cv_pct']:.2f} | "
               f"{f['cv_pooled_pct']:.2f} | {f['icc']:.4f} | {f['sdc']:.3f} |")
     out = a.out or os.path.join(a.results, "repeatability.json")
     with open(out, "w") as f:
         json.dump(study.json_safe({"results": os.path.abspath(a.results), "figures": figures, "subjects": {
-            m: {" / ".join(map(str, k)): v for k, v in data[m].items()} for m in MEASURES}}), f, indent=2)
+            m: {" / ".join(map(str, k)): v for k, v in data[m].items()} for m in repeatability.MEASURES}}), f, indent=2)
     picture = a.plot or os.path.join(a.results, "repeatability.png")
     plot(picture, data, figures)
     print(f"wrote {out} and {picture}")

@@ -49,7 +49,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, sparse
+from scipy.sparse import csgraph
 
 MIN_LESION_SHARE = 0.0005  # a lesion has at least this share of the face's pixels (0.05 %)
 MIN_LINK_OVERLAP = 0.1  # two lesions are linked when they share this much of the smaller one's area
@@ -147,26 +148,20 @@ def track(base_labels: np.ndarray, follow_labels: np.ndarray, common: np.ndarray
     if nb and nf:
         rows, cols = optimize.linear_sum_assignment(-(overlap[1:, 1:] * linked[1:, 1:]))
         continues = {int(r) + 1: int(c) + 1 for r, c in zip(rows, cols) if linked[r + 1, c + 1]}
+    # The connected parts of the bipartite link graph (baseline lesions 0..nb-1, follow-up nb..nb+nf-1).
+    rows, cols = np.nonzero(linked[1:, 1:])
+    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, nb + cols)), shape=(nb + nf, nb + nf))
+    part_of = csgraph.connected_components(graph, directed=False)[1]
     events: list[Track] = []
-    done_b, done_f = set(), set()
+    done_f: set[int] = set()
+    reported: set[int] = set()
     for b in range(1, nb + 1):
-        if b in done_b:
-            continue
-        # the connected part of the link graph that holds b
-        part_b, part_f, todo = {b}, set(), [("b", b)]
-        while todo:
-            side, i = todo.pop()
-            if side == "b":
-                for f in np.nonzero(linked[i])[0]:
-                    if int(f) not in part_f:
-                        part_f.add(int(f))
-                        todo.append(("f", int(f)))
-            else:
-                for bb in np.nonzero(linked[:, i])[0]:
-                    if int(bb) not in part_b:
-                        part_b.add(int(bb))
-                        todo.append(("b", int(bb)))
-        done_b |= part_b
+        part = part_of[b - 1]
+        if part in reported:
+            continue  # reported with an earlier baseline lesion of its part
+        reported.add(part)
+        part_b = {int(i) + 1 for i in np.nonzero(part_of[:nb] == part)[0]}
+        part_f = {int(j) + 1 for j in np.nonzero(part_of[nb:] == part)[0]}
         done_f |= part_f
         if not part_f and not seen_b[b]:
             continue  # out of the other photo's sight: nothing to say

@@ -66,3 +66,28 @@ def detectable(change: float, sdc: float) -> bool | None:
     if not (math.isfinite(change) and math.isfinite(sdc)):
         return None
     return abs(change) > sdc
+
+
+MEASURES = ("f_vitiligo", "f_vitiligo_registered", "fvasi")
+
+
+def record_groups(photos: Sequence[Mapping], trusted_only: bool = False) -> dict[str, dict[tuple, list[float]]]:
+    """{measure: {(patient, view, visit): [value per shot]}} of :data:`MEASURES` from study-record photos
+    (:mod:`vitijax.study`) with their ``follow_up``: each photo's F-Vitiligo; registered F-Vitiligo (the
+    baseline's ratio, or the baseline's ratio plus the shot's change on their common region); the F-VASI
+    estimate. ``trusted_only``: registered values only from registrations that were not flagged."""
+    out: dict[str, dict[tuple, list[float]]] = {m: {} for m in MEASURES}
+    for p in photos:
+        if p.get("status", "ok") != "ok":  # every record row has one; no ratio, nothing to repeat
+            continue
+        key = (str(p["patient"]), str(p["view"]), p["visit"])
+        out["f_vitiligo"].setdefault(key, []).append(p["ratio"])
+        fu = p.get("follow_up") or {}
+        if fu.get("role") == "baseline":
+            out["f_vitiligo_registered"].setdefault(key, []).append(p["ratio"])
+            out["fvasi"].setdefault(key, []).append(fu.get("fvasi"))
+        elif fu.get("role") == "follow-up":
+            if fu.get("change_common_pp") is not None and (fu.get("registration_ok") or not trusted_only):
+                out["f_vitiligo_registered"].setdefault(key, []).append(fu["baseline_ratio"] + fu["change_common_pp"])
+            out["fvasi"].setdefault(key, []).append(fu.get("fvasi_followup"))
+    return out

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from vitijax.data.io import downscale
 from vitijax.followup import repeatability
 from vitijax.followup.compare import compare, measure
 from vitijax.followup.lesions import change_picture
@@ -53,15 +54,7 @@ def _frame(face: np.ndarray, border: float = 0.06) -> tuple[slice, slice]:
 
 
 def _save(path: str, image: np.ndarray, nearest: bool = False) -> None:
-    im = Image.fromarray(image)
-    scale = min(1.0, PICTURE_SIDE / max(im.size))
-    if scale < 1.0:
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                       Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)
-    if path.endswith(".jpg"):
-        im.save(path, quality=88)
-    else:
-        im.save(path)
+    Image.fromarray(downscale(image, PICTURE_SIDE, nearest)).save(path, quality=88)  # quality: for the .jpg
 
 
 def _read(out: str, row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -148,14 +141,7 @@ def smallest_detectable_change(rows: list[dict[str, Any]]) -> dict[str, Any]:
     shots, registered (the baseline's ratio plus each shot's change on the common region; doubtful
     registrations left out), when at least :data:`MIN_REPEAT_SUBJECTS` patient-view-visits have two or
     more; else :data:`DEFAULT_SDC_PP`."""
-    shots: dict[tuple[str, str, int], list[float]] = {}
-    for r in rows:
-        fu = r.get("follow_up") or {}
-        if fu.get("role") == "baseline":
-            shots.setdefault((str(r["patient"]), str(r["view"]), r["visit"]), []).append(r["ratio"])
-        elif fu.get("role") == "follow-up" and fu.get("change_common_pp") is not None and fu.get("registration_ok"):
-            shots.setdefault((str(r["patient"]), str(r["view"]), r["visit"]), []).append(
-                fu["baseline_ratio"] + fu["change_common_pp"])
+    shots = repeatability.record_groups(rows, trusted_only=True)["f_vitiligo_registered"]
     repeats = {k: v for k, v in shots.items() if len(v) >= 2}
     if len(repeats) < MIN_REPEAT_SUBJECTS:
         return {"sdc_pp": DEFAULT_SDC_PP, "sdc_source": DEFAULT_SDC_SOURCE, "repeatability": None}

@@ -237,10 +237,6 @@ def view_label(r: Mapping[str, Any]) -> str:
     return f"{r['view']}, shot {r['shot']}" if r.get("shot") else str(r["view"])
 
 
-def _pct(v, spec=".2f") -> str:
-    return _fmt(None if v is None else float(v), spec)
-
-
 def trajectory_plot(patient: str, rows: Sequence[Mapping[str, Any]], sdc: float, path: str) -> bool:
     """Per view: registered F-Vitiligo over visits (the baseline's ratio plus the change on the common
     region) with the band of +- the smallest detectable change around the baseline, and the F-VASI
@@ -313,7 +309,7 @@ def followup_section(out: str, d: str, rows: Sequence[Mapping[str, Any]], follow
         change = (f'<img src="{src(last, "change_map")}" alt="change map" class=map>'
                   if "change_map" in last["files"] else "")
         visit_rows = [f"<tr><td>{e(str(base['visit']))}</td><td>{e(str(base.get('shot', 0)))}</td><td>{_fmt(base['ratio'])}"
-                      f"</td><td>baseline</td><td></td><td></td><td>{_pct(base['follow_up'].get('fvasi'))}</td>"
+                      f"</td><td>baseline</td><td></td><td></td><td>{_fmt(base['follow_up'].get('fvasi'))}</td>"
                       "<td></td><td></td></tr>"]
         for r in later:
             f = r["follow_up"]
@@ -323,17 +319,17 @@ def followup_section(out: str, d: str, rows: Sequence[Mapping[str, Any]], follow
                     "&ndash;" if f.get("fvasi50") is None else "no")
             visit_rows.append(
                 f"<tr><td>{e(str(r['visit']))}</td><td>{e(str(r.get('shot', 0)))}</td><td>{_fmt(r['ratio'])}</td>"
-                f"<td>{_pct(f.get('change_common_pp'), '+.2f')}</td><td>{det}</td>"
+                f"<td>{_fmt(f.get('change_common_pp'), '+.2f')}</td><td>{det}</td>"
                 f"<td class={'ok' if f.get('registration_ok') else 'flag'}>{'ok' if f.get('registration_ok') else e(f.get('registration_reason') or 'doubtful')}"
-                f" (ECC {_pct((f.get('registration') or {}).get('ecc'))}, "
-                f"face IoU {_pct((f.get('registration') or {}).get('face_iou'))}; common region "
-                f"{_pct(100 * f.get('common_share', math.nan), '.0f')} %)</td><td>{_pct(f.get('fvasi_followup'))}</td>"
-                f"<td>{_pct(f.get('improvement_pct'), '+.0f')}</td><td>{call}</td></tr>")
+                f" (ECC {_fmt((f.get('registration') or {}).get('ecc'))}, "
+                f"face IoU {_fmt((f.get('registration') or {}).get('face_iou'))}; common region "
+                f"{_fmt(100 * f.get('common_share', math.nan), '.0f')} %)</td><td>{_fmt(f.get('fvasi_followup'))}</td>"
+                f"<td>{_fmt(f.get('improvement_pct'), '+.0f')}</td><td>{call}</td></tr>")
         face_px = max(int(base.get("face_pixels") or 0), 1)
         lesion_rows = "".join(
             f"<tr><td>{e(t['event'])}</td><td>{e(', '.join(map(str, t['base']))) or '&ndash;'}</td>"
             f"<td>{e(', '.join(map(str, t['follow']))) or '&ndash;'}</td><td>{100 * t['base_area'] / face_px:.2f}</td>"
-            f"<td>{100 * t['follow_area'] / face_px:.2f}</td><td>{_pct(t.get('area_change_pct'), '+.0f')}</td>"
+            f"<td>{100 * t['follow_area'] / face_px:.2f}</td><td>{_fmt(t.get('area_change_pct'), '+.0f')}</td>"
             f"<td>{e(t.get('pattern') or '')}</td></tr>" for t in fu.get("tracks", []))
         parts.append(f"""<h3>{e(view)}</h3><div class=pair><div>{slider}</div><div>{change}<br><small>change map,
 visit {e(str(last['visit']))} against the baseline: <span style="background:#e6e6e6">&nbsp;stable lesion&nbsp;</span>

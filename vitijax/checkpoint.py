@@ -66,8 +66,10 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], meta:
 
 
 def load_model(directory: str | os.PathLike, *, expect: Mapping[str, Any] | None = None,
-               step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Reads (variables, meta) from a model checkpoint (the latest step unless ``step``).
+               step: int | None = None, part: str = "lesion") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads (variables, meta) from a model checkpoint (the latest step unless ``step``), or from an
+    inference bundle (``launch.export``): its network ``part`` (lesion, face_mask or face_box), which
+    is how ``config.init_from`` fine-tunes a bundle's network on new annotations.
 
     ``expect`` maps meta fields (e.g. ``variant``, ``num_classes``) to required
     values; any difference raises ``CheckpointError`` naming the directory and
@@ -80,6 +82,15 @@ def load_model(directory: str | os.PathLike, *, expect: Mapping[str, Any] | None
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"{directory}: holds no complete orbax checkpoint step")
+        is_bundle = os.path.isdir(os.path.join(directory, str(step), "bundle"))
+    if is_bundle:
+        parts, _ = load_bundle(directory)
+        if part not in parts:
+            raise CheckpointError(f"{directory}: the bundle has no {part} network (it has {', '.join(parts)})")
+        variables, meta = parts[part]
+        check_meta(meta, expect or {}, directory)
+        return variables, meta
+    with ocp.CheckpointManager(directory) as mngr:
         try:
             meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
         except Exception as e:

@@ -275,7 +275,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             state = jax.jit(functools.partial(fresh_state, task, tx), out_shardings=sharding.replicated(mesh))(
                 params, state.batch_stats)
     if start is None and config.get("init_from"):
-        variables, _ = load_model(config.init_from, expect=task.model_meta(config.model))
+        part = {"face_mask": "face_mask", "face_box": "face_box"}.get(config.task, "lesion")  # of a bundle
+        variables, _ = load_model(config.init_from, expect=task.model_meta(config.model), part=part)
         state = jax.jit(functools.partial(fresh_state, task, tx), out_shardings=sharding.replicated(mesh))(
             variables["params"], variables["batch_stats"])
         if is_main:

@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # steps; 0 = only at the end
     c.checkpoint_every = 0  # steps; 0 = only at the end
     c.keep_checkpoints = 3
-    c.init_from = placeholder(str)  # an orbax model checkpoint, e.g. from python -m launch.convert
+    c.init_from = placeholder(str)  # an orbax model checkpoint (launch.convert) or an inference bundle (its network)
     c.num_devices = placeholder(int)  # None = all devices
     c.compilation_cache_dir = placeholder(str)  # None = ~/.cache/vitijax/jax or $VITIJAX_JAX_CACHE
     c.distributed = dict(coordinator_address=placeholder(str), num_processes=placeholder(int),

@@ -125,16 +125,12 @@ def polygon_mask(size: tuple[int, int], points: Sequence[Sequence[float]], rule:
 
 def runs_to_mask(runs: Sequence[int], shape: tuple[int, int], order: str = "C") -> np.ndarray:
     """Alternating run lengths (background first) -> bool ``shape``, read row-major ("C") or column-major ("F")."""
-    flat = np.zeros(int(np.prod(shape)), bool)
-    pos, value = 0, False
-    for n in runs:
-        n = int(n)
-        if value:
-            flat[pos:pos + n] = True
-        pos += n
-        value = not value
-    if pos != flat.size:
-        raise ValueError(f"run lengths cover {pos} pixels, the mask has {flat.size}")
+    runs = np.asarray(runs, np.int64).reshape(-1)
+    total, size = int(runs.sum()), int(np.prod(shape))
+    if total != size or (runs < 0).any():
+        raise ValueError(f"run lengths cover {total} pixels, the mask has {size}" if total != size
+                         else "negative run length")
+    flat = np.repeat(np.arange(runs.size) % 2 == 1, runs)  # background first, then alternating
     return flat.reshape(shape, order=order)
 
 

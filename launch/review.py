@@ -84,24 +84,47 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/?token={token}"
     if a.screenshot:
-        from launch.screenshot import screenshot
-
-        srv = server.serve_in_thread(app, sock)
-        try:
-            screenshot(url, a.screenshot, width=1500, height=900)
-        except RuntimeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        finally:
-            srv.should_exit = True
-        print(f"wrote {a.screenshot}")
-        return 0
+        return _screenshot(app, sock, url, a.screenshot)
     print(f"review of {review.out}: open {url}  (Ctrl+C stops; corrections are saved as you go)", flush=True)
     if not a.no_browser:
         webbrowser.open(url)
     import uvicorn
 
     uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+    return 0
+
+
+def _screenshot(app, sock, url: str, out: str) -> int:
+    """Serves in a thread, opens the page in headless Chromium, waits until its first photo is open (the
+    one that most needs a look) and saves the window as ``out``. Nothing is written under RESULTS_DIR."""
+    import time
+
+    from PIL import Image
+
+    from launch.screenshot import browser_driver
+    from vitijax.review import server
+
+    srv = server.serve_in_thread(app, sock)
+    try:
+        d = browser_driver(1500, 900)
+    except (RuntimeError, ImportError) as e:
+        srv.should_exit = True
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        d.get(url)
+        t = time.time()
+        while not d.execute_script("return document.body.dataset.ready") and time.time() - t < 120:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the last frame drawn
+        png = out + ".png"
+        d.save_screenshot(png)
+        Image.open(png).convert("RGB").save(out, quality=85, optimize=True)
+        os.remove(png)
+    finally:
+        d.quit()
+        srv.should_exit = True
+    print(f"wrote {out}")
     return 0
 
 

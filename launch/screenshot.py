@@ -52,6 +52,29 @@ def screenshot(page: str, out: str, width: int = 1100, height: int = 6000, crop:
     return out
 
 
+def browser_driver(width: int = 1400, height: int = 900):
+    """A Selenium WebDriver on the system's headless Chromium through its chromium-driver (Debian's chromium
+    and chromium-driver; Selenium Manager is told to stay offline, so no browser or driver is downloaded).
+    RuntimeError when either is missing. Used for pages that must run their script before the picture (the
+    review page) and by the browser tests."""
+    browser, driver = find_browser(), shutil.which("chromedriver")
+    if browser is None or driver is None:
+        raise RuntimeError("no Chromium with its driver on the PATH (chromium and chromedriver); on Debian: "
+                           "apt install chromium chromium-driver")
+    os.environ.setdefault("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--hide-scrollbars", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.screenshot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -327,27 +327,16 @@ def test_round_trip_analyze_correct_export_build_and_fine_tune(analysis, bundle,
 
 # ---------------------------------------------------------------------------- the browser
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
 @pytest.fixture
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        if os.environ.get("VITIJAX_REQUIRE_BROWSER"):
-            pytest.fail("VITIJAX_REQUIRE_BROWSER is set (CI) but chromium or chromedriver is not installed")
-        pytest.skip("no Chromium: the browser tests need Debian's chromium and chromium-driver "
-                    "(apt install chromium chromium-driver; .ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from launch.screenshot import browser_driver
 
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for a driver on the internet
-    o = webdriver.ChromeOptions()
-    o.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,900"):
-        o.add_argument(a)
-    o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=o)
+    try:
+        d = browser_driver()
+    except RuntimeError as e:
+        if os.environ.get("VITIJAX_REQUIRE_BROWSER"):
+            pytest.fail(f"VITIJAX_REQUIRE_BROWSER is set (.ci/run) but: {e}")
+        pytest.skip(f"the browser test needs Debian's chromium and chromium-driver (.ci/run installs them): {e}")
     yield d
     d.quit()
 

@@ -119,7 +119,7 @@ async function openPhoto(index) {
     S.ovctx = S.overlay.getContext("2d");
     S.ovdata = S.ovctx.createImageData(S.w, S.h);
     paintOverlay(0, 0, S.w, S.h);
-    fit();
+    fit(p.crop_box || undefined);  // the face, as the networks cut it; 0 shows the whole photo
     showDetails(p);
     await showCompare(p);
     for (const tr of document.querySelectorAll("#queue tr.row")) tr.classList.toggle("open", Number(tr.dataset.index) === index);
@@ -153,7 +153,7 @@ function showDetails(p) {
   $("sdc").textContent = fmt(p.sdc_pp);
   const reg = p.registration;
   $("registration").textContent = reg ? `Registered onto visit ${p.baseline ? p.baseline.visit : "?"}: ECC ${fmt(reg.ecc)}, ` +
-    `face overlap ${fmt(reg.face_iou)}${reg.ok ? "" : " — doubtful: " + reg.reason}` : (fu.role === "baseline" ? "Baseline of this view" : "");
+    `face overlap ${fmt(reg.face_iou)}${reg.ok ? "" : " — " + reg.reason}` : (fu.role === "baseline" ? "Baseline of this view" : "");
   const r = p.review;
   $("reviewstate").textContent = r ? `${r.status} by ${r.reviewer}, ${r.time} (revision ${r.revision})` : "not reviewed";
   $("comment").value = r ? (r.comment || "") : "";
@@ -283,11 +283,12 @@ function render() {
   $("status").textContent = `${S.w}×${S.h}  zoom ${(100 * S.scale).toFixed(0)} %  ${S.tool} on ${S.target}  size ${S.size}px` +
     (S.mouse ? `  x ${S.mouse[0] | 0} y ${S.mouse[1] | 0}` : "") + (S.dirty ? "  (unsaved edits)" : "");
 }
-function fit() {
+function fit(box) {  // the whole photo, or box [x0, y0, x1, y1] (photo pixels), centred in the window
   const r = $("canvas").getBoundingClientRect();
   if (!S.w || !r.width) return;
-  S.scale = Math.min(r.width / S.w, r.height / S.h);
-  S.tx = (r.width - S.w * S.scale) / 2; S.ty = (r.height - S.h * S.scale) / 2;
+  const [x0, y0, x1, y1] = Array.isArray(box) ? box : [0, 0, S.w, S.h];
+  S.scale = Math.min(r.width / (x1 - x0), r.height / (y1 - y0));
+  S.tx = (r.width - (x0 + x1) * S.scale) / 2; S.ty = (r.height - (y0 + y1) * S.scale) / 2;
   draw();
 }
 function toPhoto(ev) {
@@ -422,7 +423,7 @@ function init() {
   for (const r of document.querySelectorAll("input[name=target]")) r.addEventListener("change", () => setTarget(r.value));
   for (const c of document.querySelectorAll("[data-layer]")) c.addEventListener("change", () => toggleLayer(c.dataset.layer, c.checked));
   $("size").addEventListener("input", () => setSize(Number($("size").value)));
-  $("undo").addEventListener("click", undo); $("redo").addEventListener("click", redo); $("fit").addEventListener("click", fit);
+  $("undo").addEventListener("click", undo); $("redo").addEventListener("click", redo); $("fit").addEventListener("click", () => fit());
   $("save").addEventListener("click", () => save("corrected"));
   $("approve").addEventListener("click", () => save("approved"));
   $("reject").addEventListener("click", () => save("rejected"));
@@ -472,7 +473,7 @@ function init() {
     const keys = { b: () => setTool("brush"), e: () => setTool("eraser"), p: () => setTool("polygon"), h: () => setTool("pan"),
       l: () => setTarget("lesion"), f: () => setTarget("face"), "[": () => setSize(S.size / 1.25), "]": () => setSize(S.size * 1.25 + 1),
       1: () => toggleLayer("lesion"), 2: () => toggleLayer("face"), 3: () => toggleLayer("unassessable"), 4: () => toggleLayer("uncertainty"),
-      5: () => toggleLayer("change"), 0: fit, s: () => save("corrected"), a: () => save("approved"), r: () => save("rejected"),
+      5: () => toggleLayer("change"), 0: () => fit(), s: () => save("corrected"), a: () => save("approved"), r: () => save("rejected"),
       n: () => step(1), j: () => step(1), k: () => step(-1),
       Enter: () => { if (S.tool === "polygon") fillPolygon(ev.altKey ? 0 : 1); },
       Escape: () => { S.poly = []; draw(); }, Backspace: () => { S.poly.pop(); draw(); },

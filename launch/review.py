@@ -86,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.screenshot:
         return _screenshot(app, sock, url, a.screenshot)
     print(f"review of {review.out}: open {url}  (Ctrl+C stops; corrections are saved as you go)", flush=True)
-    if not a.no_browser:
-        webbrowser.open(url)
+    if not a.no_browser:  # through a private file: the token never shows on a command line (ps)
+        import tempfile
+
+        fd, page = tempfile.mkstemp(suffix=".html", prefix="vitijax-review-")
+        with os.fdopen(fd, "w") as f:
+            f.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={url}"><a href="{url}">review</a>')
+        webbrowser.open("file://" + page)
     import uvicorn
 
     uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])

@@ -81,6 +81,15 @@ def test_every_request_needs_the_token(hand_study):
     r = c.get(f"/?token={TOKEN}")
     assert r.status_code == 200 and "HttpOnly" in r.headers["set-cookie"] and "SameSite=Strict" in r.headers["set-cookie"]
     assert c.get("/static/review.js").status_code == 200  # the client kept the cookie
+    # ... for the page's own script and style only: cookies ignore ports, another local page could send it
+    assert c.get("/api/study").status_code == 403
+    assert c.get("/files/photos/p0/v0_front/face_mask.png").status_code == 403
+    assert c.post("/api/photo/0/review", json={"reviewer": "x", "base_revision": 0, "status": "approved"}).status_code == 403
+    # a form or text/plain POST (what another origin can send without asking) is refused even with the token
+    plain = c.post("/api/photo/0/review", headers={**HEADERS, "Content-Type": "text/plain"},
+                   content=json.dumps({"reviewer": "x", "base_revision": 0, "status": "approved"}))
+    assert plain.status_code == 415
+    _nothing_written(hand_study)
     assert "default-src 'self'" in r.headers["content-security-policy"]
 
 
@@ -91,7 +100,8 @@ def test_files_outside_the_folder_are_refused(hand_study, tmp_path):
     for path in ("/files/..%2Fsecret.png", "/files/%2E%2E/secret.png", "/files/photos/%2E%2E/%2E%2E/%2E%2E/secret.png",
                  f"/files/{'%2F'.join(str(tmp_path / 'secret.png').split('/'))}", "/files/photos/link.png",
                  "/files/results.json", "/static/..%2Fcorrections.py", "/static/index.html%00.js",
-                 "/api/photo/2", "/api/photo/-1", "/api/photo/..%2F0", "/api/photo/1e3/image"):
+                 "/api/photo/2", "/api/photo/-1", "/api/photo/..%2F0", "/api/photo/1e3/image", "/files/a%00.png",
+                 "/api/photo/%C2%B2"):
         r = c.get(path, headers=HEADERS)
         assert r.status_code == 404, (path, r.status_code)
         assert b"not yours" not in r.content
@@ -100,14 +110,15 @@ def test_files_outside_the_folder_are_refused(hand_study, tmp_path):
 
 def test_bodies_over_the_limit_are_refused(hand_study):
     c = _client(hand_study, max_body=1000)
-    r = c.post("/api/photo/0/review", headers=HEADERS, content=b"{" + b" " * 2000 + b"}")
+    json_headers = {**HEADERS, "Content-Type": "application/json"}
+    r = c.post("/api/photo/0/review", headers=json_headers, content=b"{" + b" " * 2000 + b"}")
     assert r.status_code == 413 and "at most 1000" in r.json()["error"]
 
     def chunks():  # no Content-Length: counted while read
         for _ in range(20):
             yield b" " * 100
 
-    r = c.post("/api/photo/0/preview", headers=HEADERS, content=chunks())
+    r = c.post("/api/photo/0/preview", headers=json_headers, content=chunks())
     assert r.status_code == 413
     _nothing_written(hand_study)
 
@@ -133,7 +144,7 @@ def test_bad_masks_and_saves_are_refused_and_nothing_is_written(hand_study):
         body = {"reviewer": "Dr A", "base_revision": 0, "status": "approved", "comment": "", **change}
         r = c.post("/api/photo/0/review", headers=HEADERS, json=body)
         assert r.status_code == 400 and message in r.json()["error"], (change, r.json())
-    r = c.post("/api/photo/0/review", headers=HEADERS, content=b"not json")
+    r = c.post("/api/photo/0/review", headers={**HEADERS, "Content-Type": "application/json"}, content=b"not json")
     assert r.status_code == 400 and "not JSON" in r.json()["error"]
     _nothing_written(hand_study)
 
@@ -186,6 +197,18 @@ def test_audit_log_is_a_hash_chain_and_tampering_is_found(hand_study, capsys):
     assert any("does not follow the line before" in p for p in corr.verify_audit(str(hand_study))[1])
     assert review.main([str(hand_study), "--verify"]) == 1
     assert "problems" in capsys.readouterr().out
+    path.write_text(lines[0] + "\n")  # the last line cut off: the record's review of photo 1 is not in the log
+    assert any("review of photos/p1/v0_front is not the last one" in p for p in corr.verify_audit(str(hand_study))[1])
+    path.write_text("\n".join(lines) + "\n")
+    doc = json.loads((hand_study / "results.json").read_text())
+    doc["photos"][0]["review"]["status"] = "rejected"  # edited in the record behind the log's back
+    (hand_study / "results.json").write_text(json.dumps(doc))
+    assert any("review of photos/p0/v0_front is not the last one" in p for p in corr.verify_audit(str(hand_study))[1])
+    doc["photos"][0]["review"]["status"] = "approved"
+    (hand_study / "results.json").write_text(json.dumps(doc))
+    assert corr.verify_audit(str(hand_study)) == (2, [])
+    os.remove(hand_study / doc["photos"][1]["review"]["files"]["lesion_mask"])
+    assert any("r1_lesion_mask.png is missing" in p for p in corr.verify_audit(str(hand_study))[1])
 
 
 def test_saved_corrections_recompute_the_ratio_and_dice_against_independent_counts(hand_study):
@@ -405,13 +428,15 @@ def test_browser_paints_a_correction_approves_and_exports(analysis, browser, tmp
         pointer(at(x0, y), "down", at(x1, y), "up")
         pointer(at(x0, y + 20), "down", at(x1, y + 20), "up")  # a second stroke, then undone
         ActionChains(d).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
-        ActionChains(d).send_keys("p").perform()  # a polygon: three corners, Enter fills it
+        _wait(d, "return document.body.dataset.edits === '3'")  # two strokes and the undo
+        ActionChains(d).send_keys("p").perform()  # a polygon: two corners clicked, a double click on the third fills it
         tri = [(x0, y - 30), (x1, y - 30), ((x0 + x1) // 2, y - 12)]
-        for px, py in tri:
+        for px, py in tri[:2]:
             pointer(at(px, py), "down", "up")
             time.sleep(0.6)  # apart: not a double click
-        ActionChains(d).send_keys(Keys.ENTER).perform()
-        live = float(_wait(d, "return document.getElementById('ratio-now').dataset.value"))
+        pointer(at(*tri[2]), "down", "up", "down", "up")
+        _wait(d, "return document.body.dataset.edits === '4'")
+        live = float(d.execute_script("return document.getElementById('ratio-now').dataset.value"))
         ActionChains(d).send_keys("a").perform()  # approve
         _wait(d, f"return document.body.dataset.saved === '{index}:1'")
         shown = d.find_element(By.ID, "ratio-now").text
@@ -422,7 +447,8 @@ def test_browser_paints_a_correction_approves_and_exports(analysis, browser, tmp
     saved = np.asarray(Image.open(out / rec["files"]["lesion_mask"])) > 0
     face = masks["face"] > 0
     want = 100.0 * (saved & face).sum() / face.sum()
-    assert rec["corrected"]["ratio"] == pytest.approx(want) == pytest.approx(live)
+    assert rec["corrected"]["ratio"] == pytest.approx(want)
+    assert live == pytest.approx(want)
     assert shown == f"{want:.2f}"
     added, model = saved & ~(masks["lesion"] > 0), masks["lesion"] > 0
     assert (saved | ~model).all()  # nothing the model found was lost

@@ -354,11 +354,14 @@ def _count_lines(path: str) -> int:
 
 def verify_audit(out: str) -> tuple[int, list[str]]:
     """(entries, problems) of ``OUT/review/audit.jsonl``: every line's own hash, its link to the line
-    before, its sequence number, and that the mask files it names still hold the hashed masks."""
+    before, its sequence number, that the mask files it names are there and hold the hashed masks, and
+    that each photo's review in the study record is the last entry the log holds for it (which also
+    finds lines cut off the end, and a status edited in the record)."""
     path = os.path.join(out, REVIEW_DIR, AUDIT)
     if not os.path.isfile(path):
-        return 0, []
-    problems, prev, n = [], "0" * 64, 0
+        reviewed = [photo_id(p) for p in study_lib.load(out).photos if p.get("review")]
+        return 0, [f"{path} is missing but {len(reviewed)} photos have reviews"] if reviewed else []
+    problems, prev, n, last = [], "0" * 64, 0, {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
             try:
@@ -377,19 +380,34 @@ def verify_audit(out: str) -> tuple[int, list[str]]:
                 kind = k.replace("_mask", "")
                 want = (entry.get("sha256_after") or {}).get(kind)
                 f_path = os.path.join(out, rel)
-                if want and os.path.isfile(f_path) and f"r{entry.get('revision')}_" in os.path.basename(rel):
-                    if mask_sha256(read_mask(f_path)) != want:
+                if want and f"r{entry.get('revision')}_" in os.path.basename(rel):
+                    if not os.path.isfile(f_path):
+                        problems.append(f"{path}:{n}: {rel} is missing")
+                    elif mask_sha256(read_mask(f_path)) != want:
                         problems.append(f"{path}:{n}: {rel} no longer holds the {kind} mask it hashed")
+            last[entry.get("photo")] = entry
             prev = claimed
+    # the record against the log: each review is its photo's last entry (a cut-off log, an edited status)
+    for p in study_lib.load(out).photos:
+        review, entry = p.get("review"), last.pop(photo_id(p), None)
+        if review is None and entry is None:
+            continue
+        if review is None or entry is None or any(review.get(k) != entry.get(k) for k in ("revision", "status",
+                                                                                          "reviewer", "comment")) \
+                or review.get("sha256") != entry.get("sha256_after"):
+            problems.append(f"{out}/{study_lib.RECORD}: the review of {photo_id(p)} is not the last one the audit "
+                            "log holds for it")
+    problems += [f"{path}: entries for {k}, which the record does not have" for k in last]
     return n, problems
 
 
 def summary(study: study_lib.Study) -> dict[str, Any]:
-    """Model-vs-corrected agreement over the reviewed photos: counts by status, mean Dice per photo and
+    """Model-vs-corrected agreement over the reviewed photos, rejected ones left out: counts by status, mean Dice per photo and
     pooled Dice (from the pixel counts of the record) for the lesion and the face masks."""
-    rows = [p for p in study.photos if p.get("review")]
-    out: dict[str, Any] = {"reviewed": len(rows), "photos": len(study.photos),
-                           "status": {s: sum(p["review"]["status"] == s for p in rows) for s in STATUSES}}
+    reviewed = [p for p in study.photos if p.get("review")]
+    out: dict[str, Any] = {"reviewed": len(reviewed), "photos": len(study.photos),
+                           "status": {s: sum(p["review"]["status"] == s for p in reviewed) for s in STATUSES}}
+    rows = [p for p in reviewed if p["review"]["status"] != "rejected"]  # a rejected photo has no reference masks
     for k in MASKS:
         d = [p["review"]["dice"][k] for p in rows if p["review"]["dice"].get(k) is not None
              and math.isfinite(p["review"]["dice"][k])]

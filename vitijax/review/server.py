@@ -1,7 +1,10 @@
 """The review server: a Starlette app over one analysis folder, for ``python -m launch.review``.
 
 Routes (every one needs the access token: ``?token=`` or the ``X-Review-Token`` header; the page, opened
-with ``?token=``, gets it as an HttpOnly, SameSite=Strict cookie for its own script, style and pictures):
+with ``?token=``, also gets it as an HttpOnly, SameSite=Strict cookie, which is taken for its own script
+and style only, never for the API: cookies ignore ports, so another local page could send it. A
+POST must be ``Content-Type: application/json``, which a page of another origin cannot send without
+the browser asking first):
 
     GET  /                         the review page (vitijax/review/static/, no build step, nothing fetched)
     GET  /static/<name>            its script and style (a fixed list of names)
@@ -78,7 +81,10 @@ def decode_mask(payload: Any, hw: tuple[int, int], name: str) -> np.ndarray:
 def inside(root: str, rel: str) -> str:
     """The real path of ``rel`` under ``root`` if it is a file there (links followed), else :class:`Refused`
     (404): nothing outside the analysis folder is served."""
-    path = os.path.realpath(os.path.join(root, rel))
+    try:
+        path = os.path.realpath(os.path.join(root, rel))
+    except ValueError:  # a NUL byte
+        raise Refused(404, f"no such file in the analysis folder: {rel!r}") from None
     if os.path.isabs(rel) or os.path.commonpath([root, path]) != root or not os.path.isfile(path):
         raise Refused(404, f"no such file in the analysis folder: {rel!r}")
     return path
@@ -149,7 +155,7 @@ def make_app(out: str, token: str | None = None, max_body: int = MAX_BODY):
 
     def index_of(request: Request, study) -> int:
         raw = request.path_params["i"]
-        if not raw.isdigit() or int(raw) >= len(study.photos):
+        if not (raw.isascii() and raw.isdigit()) or int(raw) >= len(study.photos):
             raise Refused(404, f"no photo {raw!r} in the study record ({len(study.photos)} photos)")
         return int(raw)
 
@@ -279,15 +285,23 @@ class TokenGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         from starlette.datastructures import Headers, QueryParams
+        from starlette.requests import cookie_parser
         from starlette.responses import JSONResponse
 
         headers = Headers(scope=scope)
         cookie = cookie_name(scope)
         query = QueryParams(scope.get("query_string", b"")).get("token")
-        given = headers.get(TOKEN_HEADER) or query or _cookies(headers.get("cookie", "")).get(cookie) or ""
+        given = headers.get(TOKEN_HEADER) or query or ""
+        if not given and scope["method"] == "GET" and scope["path"].startswith("/static/"):
+            # only the page's own script and style, which a <script>/<link> cannot send a header for, may
+            # rest on the cookie: cookies ignore ports, so another local page's request could carry it
+            given = cookie_parser(headers.get("cookie", "")).get(cookie, "")
         if not secrets.compare_digest(given.encode(), self.token.encode()):
             return await JSONResponse({"error": "missing or wrong access token (use the address launch.review "
                                                 "printed)"}, status_code=403)(scope, receive, send)
+        if scope["method"] not in ("GET", "HEAD") and not headers.get("content-type", "").startswith("application/json"):
+            return await JSONResponse({"error": "send JSON (Content-Type: application/json)"},
+                                      status_code=415)(scope, receive, send)
         if query is None or scope.get("path") != "/":
             return await self.app(scope, receive, send)
 
@@ -304,17 +318,6 @@ class TokenGate:
 def cookie_name(scope) -> str:
     """One cookie per server port: cookies ignore ports, and two reviews may run side by side."""
     return f"vitijax_review_{(scope.get('server') or ('', 0))[1]}"
-
-
-def _cookies(header: str) -> dict[str, str]:
-    from http.cookies import SimpleCookie
-
-    jar = SimpleCookie()
-    try:
-        jar.load(header)
-    except Exception:  # noqa: BLE001  a malformed cookie header is no token
-        return {}
-    return {k: m.value for k, m in jar.items()}
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

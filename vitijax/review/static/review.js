@@ -71,6 +71,7 @@ function viewName(p) { return p.view + (p.shot ? ` shot ${p.shot}` : ""); }
 async function loadStudy() {
   const doc = await api("/api/study");
   S.photos = doc.photos;
+  if (!S.order.length) S.order = doc.photos.map((p) => p.index);
   $("folder").textContent = doc.folder;
   const s = doc.summary;
   $("summary").textContent = `${s.reviewed}/${s.photos} reviewed · ${s.status.approved} approved · ` +
@@ -102,19 +103,21 @@ async function openPhoto(index) {
   document.body.dataset.ready = "";
   message("loading …");
   try {
+    // everything is loaded before any of it replaces the open photo: a failed load leaves nothing half-swapped
     const p = await api(`/api/photo/${index}`);
-    S.cur = p; S.w = p.width; S.h = p.height; S.undo = []; S.redo = []; S.poly = []; S.dirty = false;
-    S.revision = p.review ? p.review.revision : 0;
-    S.img = await createImageBitmap(await blobOf(p.image));
+    const img = await createImageBitmap(await blobOf(p.image));
+    let masks = { lesion: null, face: null }, model = { lesion: null, face: null }, unass = null;
     if (p.editable) {
-      const [l, f, ml, mf] = await Promise.all([maskOf(p.files.lesion_mask, S.w, S.h), maskOf(p.files.face_mask, S.w, S.h),
-        maskOf(p.files.model_lesion_mask, S.w, S.h), maskOf(p.files.model_face_mask, S.w, S.h)]);
-      S.masks = { lesion: l, face: f }; S.model = { lesion: ml, face: mf };
-      S.unass = p.files.unassessable_mask ? await maskOf(p.files.unassessable_mask, S.w, S.h) : null;
-    } else {
-      S.masks = { lesion: null, face: null }; S.model = { lesion: null, face: null }; S.unass = null;
+      const [l, f, ml, mf] = await Promise.all([maskOf(p.files.lesion_mask, p.width, p.height),
+        maskOf(p.files.face_mask, p.width, p.height), maskOf(p.files.model_lesion_mask, p.width, p.height),
+        maskOf(p.files.model_face_mask, p.width, p.height)]);
+      masks = { lesion: l, face: f }; model = { lesion: ml, face: mf };
+      unass = p.files.unassessable_mask ? await maskOf(p.files.unassessable_mask, p.width, p.height) : null;
     }
-    S.uncert = p.files.uncertainty && p.crop_box ? await uncertaintyLayer(p.files.uncertainty) : null;
+    const uncert = p.files.uncertainty && p.crop_box ? await uncertaintyLayer(p.files.uncertainty) : null;
+    Object.assign(S, { cur: p, w: p.width, h: p.height, img, masks, model, unass, uncert, undo: [], redo: [], poly: [],
+                       dirty: false, edits: 0, revision: p.review ? p.review.revision : 0, conflict: undefined });
+    $("conflict").hidden = true;
     S.overlay = new OffscreenCanvas(S.w, S.h);
     S.ovctx = S.overlay.getContext("2d");
     S.ovdata = S.ovctx.createImageData(S.w, S.h);
@@ -207,6 +210,8 @@ function updateNow(fig) {
 }
 function edited() {
   S.dirty = true;
+  S.edits = (S.edits || 0) + 1;
+  document.body.dataset.edits = String(S.edits);
   updateLive();
   clearTimeout(S.previewTimer);
   S.previewTimer = setTimeout(preview, 350);
@@ -359,22 +364,24 @@ function fillPolygon(value) {
 }
 
 // ---------------------------------------------------------------- saving
-async function save(status, over = false) {
-  if (!S.cur || !S.cur.editable) return;
+async function save(status) {
+  if (!S.cur || !S.cur.editable || S.busy) return;
   const reviewer = $("reviewer").value.trim();
   if (!reviewer) { message("Type your name as reviewer first.", true); $("reviewer").focus(); return; }
   localStorage.setItem("vitijax-reviewer", reviewer);
   const comment = $("comment").value;
   if (status === "rejected" && !comment.trim()) { message("Say in the comment why the photo is rejected.", true); $("comment").focus(); return; }
-  const index = S.cur.index;
+  const cur = S.cur, index = cur.index, edits = S.edits;
   const body = { reviewer, base_revision: S.revision, status, comment };
   if (S.dirty) body.masks = maskPayload();
+  S.busy = true;  // no second save, no other photo, until this one is answered
   message("saving …");
   try {
     const doc = await api(`/api/photo/${index}/review`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    S.revision = doc.review.revision; S.dirty = false;
+    S.revision = doc.review.revision;
+    if (S.edits === edits) S.dirty = false;  // strokes made while saving stay unsaved
     $("conflict").hidden = true;
-    S.cur.review = doc.review;
+    cur.review = doc.review;
     $("reviewstate").textContent = `${doc.review.status} by ${doc.review.reviewer}, ${doc.review.time} (revision ${doc.review.revision})`;
     updateNow(doc.review.corrected);
     message(`${status === "corrected" ? "saved" : status} (revision ${doc.review.revision}); F-Vitiligo ${fmt(doc.review.corrected.ratio)} %`);
@@ -382,22 +389,28 @@ async function save(status, over = false) {
     document.body.dataset.saved = `${index}:${doc.review.revision}`;
   } catch (e) {
     if (e.status === 409) {
-      const cur = e.doc.current || {};
-      message(`Not saved: ${cur.reviewer} saved this photo at ${cur.time} (revision ${cur.revision}) while you edited. ` +
+      const theirs = e.doc.current || {};
+      message(`Not saved: ${theirs.reviewer} saved this photo at ${theirs.time} (revision ${theirs.revision}) while you edited. ` +
               "Your edits are still here.", true);
-      S.conflict = cur.revision;
+      S.conflict = { revision: theirs.revision, status };
       $("conflict").hidden = false;
     } else message(`not saved: ${e.message}`, true);
+  } finally {
+    S.busy = false;
   }
   draw();
 }
-function saveOver() { if (S.conflict !== undefined) { S.revision = S.conflict; $("conflict").hidden = true; save("corrected"); } }
+function saveOver() {  // on purpose, with the decision that was refused
+  if (!S.conflict) return;
+  const { revision, status } = S.conflict;
+  S.revision = revision; S.conflict = undefined; $("conflict").hidden = true;
+  save(status);
+}
 function loadTheirs() { S.dirty = false; $("conflict").hidden = true; openPhoto(S.cur.index); }
-function step(k) {
+function step(k) {  // in the order the session began with: a decided photo moving down the list does not change it
   if (!S.cur) return;
-  const pos = S.photos.findIndex((p) => p.index === S.cur.index);
-  const next = S.photos[pos + k];
-  if (next) openPhoto(next.index);
+  const pos = S.order.indexOf(S.cur.index);
+  if (pos + k >= 0 && pos + k < S.order.length) openPhoto(S.order[pos + k]);
 }
 
 // ---------------------------------------------------------------- wiring
@@ -430,6 +443,11 @@ function init() {
   $("save-over").addEventListener("click", saveOver); $("load-theirs").addEventListener("click", loadTheirs);
   $("blend").addEventListener("input", blend);
   cv.addEventListener("contextmenu", (ev) => ev.preventDefault());
+  cv.addEventListener("dblclick", () => {  // its two clicks added the last corner twice
+    if (S.tool !== "polygon") return;
+    S.poly.pop();
+    fillPolygon(1);
+  });
   cv.addEventListener("wheel", (ev) => {
     ev.preventDefault();
     const r = cv.getBoundingClientRect(), mx = ev.clientX - r.left, my = ev.clientY - r.top;
@@ -445,10 +463,7 @@ function init() {
       S.drag = { x: ev.clientX, y: ev.clientY, tx: S.tx, ty: S.ty }; return;
     }
     if (!S.masks.face || ev.button !== 0) return;
-    if (S.tool === "polygon") {
-      if (ev.detail >= 2 && S.poly.length >= 3) fillPolygon(1); else S.poly.push(p);
-      draw(); return;
-    }
+    if (S.tool === "polygon") { S.poly.push(p); draw(); return; }
     S.stroke = beginEdit(); S.stroke.last = p;
     stamp(S.masks[S.target], p[0], p[1], S.tool === "brush" ? 1 : 0, S.stroke.box);
   });

@@ -452,6 +452,65 @@ def bench_face(face_box_dir: str | None, per_view: int, repeats: int) -> dict:
     return out
 
 
+def bench_review(results: str, repeats: int) -> dict:
+    """The review server (launch.review) over HTTP on a copy of the analysis folder ``results`` (nothing is
+    written to it): serving a photo (first, then from the server's cache), recomputing the figures from an
+    edited lesion mask (the first time includes registering the photo onto its baseline) and saving a
+    correction, on the first follow-up photo of the record (else the first with masks). Seconds."""
+    import shutil
+    import tempfile
+    import urllib.request
+
+    import numpy as np
+
+    from vitijax.data.annotations import mask_to_runs
+    from vitijax.review import corrections, server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "analysis")
+        shutil.copytree(results, out, ignore=shutil.ignore_patterns("review"))
+        app, token = server.make_app(out)
+        sock = server.bind()
+        srv = server.serve_in_thread(app, sock)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+        def call(path, body=None):
+            req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
+                                         headers={"X-Review-Token": token, "Content-Type": "application/json"})
+            with urllib.request.urlopen(req) as r:
+                return r.read()
+
+        try:
+            c = corrections.Corrections(out)
+            study = c.study()
+            editable = [i for i, p in enumerate(study.photos) if "face_mask" in (p.get("files") or {})]
+            follow = [i for i in editable if (study.photos[i].get("follow_up") or {}).get("role") == "follow-up"]
+            i = (follow or editable)[0]
+            row = study.photos[i]
+            lesion = c.model_masks(row)["lesion"]
+            ys, xs = np.nonzero(c.model_masks(row)["face"])
+            cy, cx = int(ys.mean()), int(xs.mean())
+            lesion[cy - 50:cy + 50, cx - 50:cx + 50] = 1  # a square painted in the middle of the face
+            masks = {"lesion": {"size": list(lesion.shape), "counts": mask_to_runs(lesion)}}
+            t = time.perf_counter()
+            call(f"/api/photo/{i}/image")
+            first_image = time.perf_counter() - t
+            cached, _ = _median_time(lambda: call(f"/api/photo/{i}/image"), repeats)
+            t = time.perf_counter()
+            call(f"/api/photo/{i}/preview", {"masks": masks})
+            first_preview = time.perf_counter() - t
+            preview, _ = _median_time(lambda: call(f"/api/photo/{i}/preview", {"masks": masks}), repeats)
+            revision = iter(range(repeats))
+            save, _ = _median_time(lambda: call(f"/api/photo/{i}/review", {
+                "reviewer": "benchmark", "base_revision": next(revision), "status": "corrected", "comment": "",
+                "masks": masks}), repeats)
+        finally:
+            srv.should_exit = True
+    return {"what": f"review server, {row['width']}x{row['height']} photo ({'follow-up' if follow else 'no follow-up'})",
+            "photo_first_s": first_image, "photo_cached_s": cached, "recompute_first_s": first_preview,
+            "recompute_s": preview, "save_s": save, "runs": repeats}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -471,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archive", metavar="BUNDLE", help="also time launch.analyze with 1 and 2 processes over "
                    "--archive-photos synthetic 2832x4240 photos (new patients) with this inference bundle")
     p.add_argument("--archive-photos", type=int, default=36, help="photos for --archive (3 views each patient)")
+    p.add_argument("--review", metavar="RESULTS", help="also time the review server (launch.review) on a copy of "
+                   "this launch.analyze output folder")
     p.add_argument("--face-box", help="a trained face-box network (workdir or checkpoint) for the face rows")
     p.add_argument("--face-photos", type=int,
                    help="synthetic photos per view for the face-finder recall rows (default: skipped; quick: 10)")
@@ -552,10 +613,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         if "status" in archive:
             print(archive["status"], flush=True)
+    review = bench_review(a.review, repeats) if a.review else {}
+    if review:
+        print(f"{review['what']}: photo {review['photo_first_s']:.2f} s (then {review['photo_cached_s']:.3f} s), "
+              f"figures recomputed from an edited mask {review['recompute_s']:.2f} s (first, with the registration: "
+              f"{review['recompute_first_s']:.2f} s), correction saved {review['save_s']:.2f} s (medians of "
+              f"{review['runs']})", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"environment": env, "matmul_gflops": peak, "rows": rows, "ablation": ablation, "pipeline": pipe, "analyze": analyze,
-                   "face": faces, "archive": archive}, f, indent=2)
+                   "face": faces, "archive": archive, "review": review}, f, indent=2)
     print(f"wrote {a.out}")
     return 0
 

@@ -461,3 +461,13 @@ def test_browser_paints_a_correction_approves_and_exports(analysis, browser, tmp
     assert review.main([str(out), "--export", str(root)]) == 0
     exported = np.asarray(Image.open(root / "vitiligo_masks" / safe_name(row["patient"]) / "1" / "front.png")) > 0
     np.testing.assert_array_equal(exported, saved)
+
+
+def test_benchmark_times_the_review_server_on_a_copy(hand_study):
+    from launch.benchmark import bench_review
+
+    before = (hand_study / "results.json").read_bytes()
+    r = bench_review(str(hand_study), 2)
+    assert r["runs"] == 2 and "120x180" in r["what"] and "no follow-up" in r["what"]
+    assert all(r[k] > 0 for k in ("photo_first_s", "photo_cached_s", "recompute_first_s", "recompute_s", "save_s"))
+    assert (hand_study / "results.json").read_bytes() == before and not (hand_study / "review").exists()

@@ -86,16 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     if a.screenshot:
         return _screenshot(app, sock, url, a.screenshot)
     print(f"review of {review.out}: open {url}  (Ctrl+C stops; corrections are saved as you go)", flush=True)
-    if not a.no_browser:  # through a private file: the token never shows on a command line (ps)
-        import tempfile
+    page = None
+    if not a.no_browser:
+        # through a private file under RESULTS_DIR/review (not /tmp, which a snap browser does not share): the
+        # token never shows on a command line (ps), and the file goes when the server stops
+        import html
 
-        fd, page = tempfile.mkstemp(suffix=".html", prefix="vitijax-review-")
+        os.makedirs(review.dir, exist_ok=True)
+        page = os.path.join(review.dir, f".open-{port}.html")
+        fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={url}"><a href="{url}">review</a>')
+            f.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={html.escape(url)}">'
+                    f'<a href="{html.escape(url)}">open the review</a>')
         webbrowser.open("file://" + page)
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+    finally:
+        if page and os.path.exists(page):
+            os.remove(page)
     return 0
 
 

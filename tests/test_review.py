@@ -440,10 +440,32 @@ def test_browser_paints_a_correction_approves_and_exports(analysis, browser, tmp
         ActionChains(d).send_keys("a").perform()  # approve
         _wait(d, f"return document.body.dataset.saved === '{index}:1'")
         shown = d.find_element(By.ID, "ratio-now").text
+        rec = study_lib.load(str(out)).photos[index]["review"]  # the approval: what is checked below
+        # a second reviewer saves the same photo meanwhile; this page's next save is refused, its edits kept,
+        # and saved over theirs only on purpose
+        other = _client(out)
+        assert other.post(f"/api/photo/{index}/review", headers=HEADERS, json={
+            "reviewer": "Dr Other", "base_revision": 1, "status": "rejected", "comment": "blurred"}).status_code == 200
+        ActionChains(d).send_keys("b").perform()
+        pointer(at(x0, y + 40), "down", at(x1, y + 40), "up")
+        _wait(d, "return document.body.dataset.edits === '5'")
+        ActionChains(d).send_keys("a").perform()
+        _wait(d, "return !document.getElementById('conflict').hidden")
+        assert "Dr Other" in d.find_element(By.ID, "message").text
+        assert study_lib.load(str(out)).photos[index]["review"]["reviewer"] == "Dr Other"
+        d.find_element(By.ID, "save-over").click()
+        _wait(d, f"return document.body.dataset.saved === '{index}:3'")
     finally:
         srv.should_exit = True
-    rec = study_lib.load(str(out)).photos[index]["review"]
-    assert rec["status"] == "approved" and rec["reviewer"] == "Dr Browser"
+    final = study_lib.load(str(out)).photos[index]["review"]
+    assert (final["status"], final["reviewer"], final["revision"]) == ("approved", "Dr Browser", 3)
+    assert (np.asarray(Image.open(out / final["files"]["lesion_mask"])) > 0)[y + 40, (x0 + x1) // 2] or \
+        not masks["face"][y + 40, (x0 + x1) // 2]  # the stroke made after the other's save was not lost
+    log = [json.loads(line) for line in (out / "review" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["reviewer"], e["revision"], e["status"]) for e in log] == [
+        ("Dr Browser", 1, "approved"), ("Dr Other", 2, "rejected"), ("Dr Browser", 3, "approved")]
+    assert log[0]["sha256_after"] == rec["sha256"]
+    assert corr.verify_audit(str(out)) == (3, [])
     saved = np.asarray(Image.open(out / rec["files"]["lesion_mask"])) > 0
     face = masks["face"] > 0
     want = 100.0 * (saved & face).sum() / face.sum()
@@ -460,7 +482,7 @@ def test_browser_paints_a_correction_approves_and_exports(analysis, browser, tmp
     root = tmp_path / "export"
     assert review.main([str(out), "--export", str(root)]) == 0
     exported = np.asarray(Image.open(root / "vitiligo_masks" / safe_name(row["patient"]) / "1" / "front.png")) > 0
-    np.testing.assert_array_equal(exported, saved)
+    np.testing.assert_array_equal(exported, np.asarray(Image.open(out / final["files"]["lesion_mask"])) > 0)
 
 
 def test_benchmark_times_the_review_server_on_a_copy(hand_study):
@@ -471,3 +493,7 @@ def test_benchmark_times_the_review_server_on_a_copy(hand_study):
     assert r["runs"] == 2 and "120x180" in r["what"] and "no follow-up" in r["what"]
     assert all(r[k] > 0 for k in ("photo_first_s", "photo_cached_s", "recompute_first_s", "recompute_s", "save_s"))
     assert (hand_study / "results.json").read_bytes() == before and not (hand_study / "review").exists()
+    c = _client(hand_study)  # an analysis already reviewed: the copy starts from the model's output
+    assert c.post("/api/photo/0/review", headers=HEADERS, json={"reviewer": "Dr A", "base_revision": 0,
+                                                                "status": "approved", "comment": ""}).status_code == 200
+    assert bench_review(str(hand_study), 2)["save_s"] > 0

@@ -208,13 +208,8 @@ class Corrections:
     # --- saving -----------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        os.makedirs(self.dir, exist_ok=True)
-        with self._lock, open(os.path.join(self.dir, ".lock"), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with self._lock, locked(self.out):
+            yield
 
     def check_masks(self, row: Mapping[str, Any], masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``masks`` as {face, lesion} uint8 {0, 1} at the photo's size; :class:`Invalid` otherwise."""
@@ -345,6 +340,20 @@ class Corrections:
         return report
 
 
+@contextlib.contextmanager
+def locked(out: str) -> Iterator[None]:
+    """The exclusive lock on ``OUT/review/.lock``: one save at a time, across threads and processes, and
+    no audit check halfway through a save (the record is written before the log line)."""
+    folder = os.path.join(out, REVIEW_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _count_lines(path: str) -> int:
     if not os.path.isfile(path):
         return 0
@@ -357,6 +366,11 @@ def verify_audit(out: str) -> tuple[int, list[str]]:
     before, its sequence number, that the mask files it names are there and hold the hashed masks, and
     that each photo's review in the study record is the last entry the log holds for it (which also
     finds lines cut off the end, and a status edited in the record)."""
+    with locked(out):
+        return _verify_audit(out)
+
+
+def _verify_audit(out: str) -> tuple[int, list[str]]:
     path = os.path.join(out, REVIEW_DIR, AUDIT)
     if not os.path.isfile(path):
         reviewed = [photo_id(p) for p in study_lib.load(out).photos if p.get("review")]
@@ -439,7 +453,8 @@ def write_report(out: str, study: study_lib.Study) -> str:
 td,th{{border:1px solid #ccc;padding:.25em .6em}}th{{background:#f3f3f3}}</style></head><body>
 <h1>Review: model against corrected masks</h1>
 <p>{s['reviewed']} of {s['photos']} photos reviewed: {s['status']['approved']} approved, {s['status']['rejected']}
-rejected, {s['status']['corrected']} corrected without a decision. Mean Dice of the model's masks against the
+rejected, {s['status']['corrected']} corrected without a decision. Rejected photos have no reference masks and are
+left out of the Dice. Mean Dice of the model's masks against the
 reviewed ones, per photo: lesion {fmt(s['lesion_dice_mean'], 3)}, face {fmt(s['face_dice_mean'], 3)} (a photo with no
 lesion in either is left out of the lesion mean); pooled over the pixels of all of them: lesion
 {fmt(s['lesion_dice_pooled'], 3)}, face {fmt(s['face_dice_pooled'], 3)}.</p>

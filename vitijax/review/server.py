@@ -155,7 +155,7 @@ def make_app(out: str, token: str | None = None, max_body: int = MAX_BODY):
 
     def index_of(request: Request, study) -> int:
         raw = request.path_params["i"]
-        if not (raw.isascii() and raw.isdigit()) or int(raw) >= len(study.photos):
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 10) or int(raw) >= len(study.photos):
             raise Refused(404, f"no photo {raw!r} in the study record ({len(study.photos)} photos)")
         return int(raw)
 

@@ -16,7 +16,7 @@ const S = {
   scale: 1, tx: 0, ty: 0, tool: "brush", target: "lesion", size: 12,
   layers: { lesion: true, face: true, unassessable: true, uncertainty: false, change: true },
   undo: [], redo: [], stroke: null, drag: null, poly: [], space: false, mouse: null,
-  revision: 0, dirty: false, previewSeq: 0, previewTimer: null, busy: false,
+  revision: 0, dirty: false, previewSeq: 0, previewTimer: null, loading: false, saving: null,
 };
 
 // ---------------------------------------------------------------- server
@@ -96,10 +96,11 @@ async function loadStudy() {
 }
 
 // ---------------------------------------------------------------- opening a photo
-async function openPhoto(index) {
-  if (S.busy) return;
-  if (S.dirty && !confirm("This photo has unsaved edits. Leave it?")) return;
-  S.busy = true;
+async function openPhoto(index, force = false) {
+  if (S.loading) { message("still loading the last photo …"); return; }
+  if (S.saving) await S.saving;  // a save under way finishes on the photo it was made for
+  if (S.dirty && !force && !confirm("This photo has unsaved edits. Leave it?")) return;
+  S.loading = true;
   document.body.dataset.ready = "";
   message("loading …");
   try {
@@ -115,6 +116,8 @@ async function openPhoto(index) {
       unass = p.files.unassessable_mask ? await maskOf(p.files.unassessable_mask, p.width, p.height) : null;
     }
     const uncert = p.files.uncertainty && p.crop_box ? await uncertaintyLayer(p.files.uncertainty) : null;
+    const compare = await compareBlobs(p);
+    clearTimeout(S.previewTimer); S.previewSeq++;  // a recomputation asked for the last photo is dropped
     Object.assign(S, { cur: p, w: p.width, h: p.height, img, masks, model, unass, uncert, undo: [], redo: [], poly: [],
                        dirty: false, edits: 0, revision: p.review ? p.review.revision : 0, conflict: undefined });
     $("conflict").hidden = true;
@@ -124,14 +127,14 @@ async function openPhoto(index) {
     paintOverlay(0, 0, S.w, S.h);
     fit(p.crop_box || undefined);  // the face, as the networks cut it; 0 shows the whole photo
     showDetails(p);
-    await showCompare(p);
+    showCompare(p, compare);
     for (const tr of document.querySelectorAll("#queue tr.row")) tr.classList.toggle("open", Number(tr.dataset.index) === index);
     message(p.editable ? "" : `no masks to correct: ${p.reason || p.status}`);
     document.body.dataset.ready = String(index);
   } catch (e) {
     message(`could not open photo ${index}: ${e.message}`, true);
   } finally {
-    S.busy = false;
+    S.loading = false;
   }
 }
 
@@ -164,18 +167,20 @@ function showDetails(p) {
   for (const id of ["save", "approve", "reject"]) $(id).disabled = !p.editable;
 }
 
-async function showCompare(p) {
-  const box = $("compare");
-  const urls = [];
+async function compareBlobs(p) {  // this visit registered onto the baseline, the baseline, the change map
+  if (!p.files.aligned || !p.files.baseline_aligned) return null;
+  return { base: await blobOf(p.files.baseline_aligned), self: await blobOf(p.files.aligned),
+           change: p.files.change_map ? await blobOf(p.files.change_map) : null };
+}
+function showCompare(p, blobs) {
   for (const img of ["base-img", "this-img", "change-img"]) { const el = $(img); if (el.src.startsWith("blob:")) URL.revokeObjectURL(el.src); el.removeAttribute("src"); }
-  if (!p.files.aligned || !p.files.baseline_aligned) { box.hidden = true; return; }
-  $("base-img").src = URL.createObjectURL(await blobOf(p.files.baseline_aligned));
-  $("this-img").src = URL.createObjectURL(await blobOf(p.files.aligned));
-  $("change-img").src = p.files.change_map ? URL.createObjectURL(await blobOf(p.files.change_map)) : "";
-  $("changebox").hidden = !(p.files.change_map && S.layers.change);
+  $("compare").hidden = !blobs;
+  if (!blobs) return;
+  $("base-img").src = URL.createObjectURL(blobs.base);
+  $("this-img").src = URL.createObjectURL(blobs.self);
+  if (blobs.change) $("change-img").src = URL.createObjectURL(blobs.change);
+  $("changebox").hidden = !(blobs.change && S.layers.change);
   blend();
-  box.hidden = false;
-  return urls;
 }
 function blend() { $("this-img").style.opacity = String($("blend").value / 100); }
 
@@ -365,7 +370,8 @@ function fillPolygon(value) {
 
 // ---------------------------------------------------------------- saving
 async function save(status) {
-  if (!S.cur || !S.cur.editable || S.busy) return;
+  if (!S.cur || !S.cur.editable) return;
+  if (S.loading || S.saving) { message(S.loading ? "still loading the photo …" : "still saving …"); return; }
   const reviewer = $("reviewer").value.trim();
   if (!reviewer) { message("Type your name as reviewer first.", true); $("reviewer").focus(); return; }
   localStorage.setItem("vitijax-reviewer", reviewer);
@@ -374,8 +380,9 @@ async function save(status) {
   const cur = S.cur, index = cur.index, edits = S.edits;
   const body = { reviewer, base_revision: S.revision, status, comment };
   if (S.dirty) body.masks = maskPayload();
-  S.busy = true;  // no second save, no other photo, until this one is answered
   message("saving …");
+  let done;
+  S.saving = new Promise((resolve) => { done = resolve; });  // no second save; another photo opens after it
   try {
     const doc = await api(`/api/photo/${index}/review`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     S.revision = doc.review.revision;
@@ -396,17 +403,18 @@ async function save(status) {
       $("conflict").hidden = false;
     } else message(`not saved: ${e.message}`, true);
   } finally {
-    S.busy = false;
+    S.saving = null;
+    done();
   }
   draw();
 }
-function saveOver() {  // on purpose, with the decision that was refused
-  if (!S.conflict) return;
+function saveOver() {  // on purpose, with the decision that was refused, and always with the masks seen here
+  if (!S.conflict || S.saving || S.loading) return;
   const { revision, status } = S.conflict;
-  S.revision = revision; S.conflict = undefined; $("conflict").hidden = true;
+  S.revision = revision; S.dirty = true;
   save(status);
 }
-function loadTheirs() { S.dirty = false; $("conflict").hidden = true; openPhoto(S.cur.index); }
+function loadTheirs() { if (S.cur) openPhoto(S.cur.index, true); }
 function step(k) {  // in the order the session began with: a decided photo moving down the list does not change it
   if (!S.cur) return;
   const pos = S.order.indexOf(S.cur.index);
@@ -443,10 +451,11 @@ function init() {
   $("save-over").addEventListener("click", saveOver); $("load-theirs").addEventListener("click", loadTheirs);
   $("blend").addEventListener("input", blend);
   cv.addEventListener("contextmenu", (ev) => ev.preventDefault());
-  cv.addEventListener("dblclick", () => {  // its two clicks added the last corner twice
-    if (S.tool !== "polygon") return;
-    S.poly.pop();
-    fillPolygon(1);
+  cv.addEventListener("dblclick", (ev) => {
+    if (S.tool !== "polygon" || S.space) return;
+    const n = S.poly.length;  // its two clicks added the last corner twice (pointer events carry no click count)
+    if (n >= 2 && Math.hypot(S.poly[n - 1][0] - S.poly[n - 2][0], S.poly[n - 1][1] - S.poly[n - 2][1]) * S.scale < 4) S.poly.pop();
+    fillPolygon(ev.altKey ? 0 : 1);
   });
   cv.addEventListener("wheel", (ev) => {
     ev.preventDefault();

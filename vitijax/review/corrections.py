@@ -28,6 +28,7 @@ servers on one folder cannot interleave either.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import fcntl
@@ -43,7 +44,7 @@ import numpy as np
 
 from vitijax import study as study_lib
 from vitijax.data.io import read_mask, read_photo, write_png
-from vitijax.metrics import f_vitiligo
+from vitijax.metrics import f_vitiligo, scores
 
 REVIEW_DIR = "review"
 AUDIT = "audit.jsonl"
@@ -71,11 +72,18 @@ def mask_sha256(mask: np.ndarray) -> str:
     return hashlib.sha256(f"{m.shape[0]}x{m.shape[1]}:".encode() + np.packbits(m).tobytes()).hexdigest()
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary masks; NaN when both are empty (nothing to agree on)."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.count_nonzero(a & b)) / total if total else math.nan
+def overlap(model: np.ndarray, corrected: np.ndarray) -> list[int]:
+    """[both, model, corrected]: the pixel counts of two binary masks from which Dice follows, per photo and
+    pooled over photos (:func:`dice`)."""
+    a, b = np.asarray(model) > 0, np.asarray(corrected) > 0
+    return [int(np.count_nonzero(a & b)), int(np.count_nonzero(a)), int(np.count_nonzero(b))]
+
+
+def dice(counts) -> float:
+    """Dice of the model against the corrected mask from :func:`overlap` counts (the corrected one as the
+    reference), by the project's one scorer; NaN when both are empty (nothing to agree on)."""
+    both, model, corrected = counts
+    return scores(both, model - both, corrected - both, 0)["dice"]
 
 
 def photo_id(row: Mapping[str, Any]) -> str:
@@ -122,6 +130,11 @@ class Corrections:
         self.dir = os.path.join(self.out, REVIEW_DIR)
         self._lock = threading.Lock()
         self._registrations: dict[str, Any] = {}  # photo id -> Registration onto its baseline (model masks)
+        # what every recomputation of a follow-up would otherwise read and measure again: the last few photos
+        # decoded, and each baseline's masks and measurement at its current revision
+        self._photos: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._baselines: dict[tuple[str, int], tuple] = {}
+        self._cache_lock = threading.Lock()
 
     # --- reading ----------------------------------------------------------------
     def study(self) -> study_lib.Study:
@@ -144,6 +157,34 @@ class Corrections:
             hw = (row["height"], row["width"])
             return {k: read_mask(os.path.join(self.out, review["files"][f"{k}_mask"]), hw) for k in MASKS}
         return self.model_masks(row)
+
+    def photo(self, path: str, keep: int = 4) -> np.ndarray:
+        """The photo at ``path`` [h, w, 3] uint8, upright, read-only; the last ``keep`` are kept decoded."""
+        with self._cache_lock:
+            if path in self._photos:
+                self._photos.move_to_end(path)
+                return self._photos[path]
+        photo = read_photo(path)
+        photo.setflags(write=False)  # shared between requests
+        with self._cache_lock:
+            self._photos[path] = photo
+            while len(self._photos) > keep:
+                self._photos.popitem(last=False)
+        return photo
+
+    def _baseline(self, row: Mapping[str, Any]):
+        """(photo, current masks, unassessable, Measured) of a baseline, kept per revision of its review."""
+        from vitijax.followup.compare import measure
+
+        key = (photo_id(row), int((row.get("review") or {}).get("revision", 0)))
+        with self._cache_lock:
+            hit = self._baselines.get(key)
+        if hit is None:
+            photo, masks, unass = self.photo(row["file"]), self.masks(row), self.unassessable(row)
+            hit = (photo, masks, unass, measure(photo, masks["face"], masks["lesion"], unass))
+            with self._cache_lock:
+                self._baselines[key] = hit
+        return hit
 
     def unassessable(self, row: Mapping[str, Any]) -> np.ndarray | None:
         f = (row.get("files") or {}).get("unassessable_mask")
@@ -179,15 +220,15 @@ class Corrections:
         fu = row.get("follow_up") or {}
         if not fu or "error" in fu:
             return out
-        photo = read_photo(row["file"])
+        photo = self.photo(row["file"])
         base_row = self.baseline_of(study, row)
         if base_row is None:  # the baseline itself: F-VASI on its own contrast reference
             out["fvasi"] = measure(photo, masks["face"], masks["lesion"], unass).fvasi
             return out
-        b_photo, b_masks, b_unass = read_photo(base_row["file"]), self.masks(base_row), self.unassessable(base_row)
+        b_photo, b_masks, b_unass, b_measured = self._baseline(base_row)
         reg = self._registration(row, base_row, photo, b_photo)
         cmp = compare(b_photo, b_masks["face"], b_masks["lesion"], photo, masks["face"], masks["lesion"], reg,
-                      b_unass, unass)
+                      b_unass, unass, base=b_measured)
         sdc = fu.get("sdc_pp", study.follow_up.get("sdc_pp", math.nan))
         out.update(change_common_pp=cmp.change_pp, fvasi=cmp.fvasi_followup, fvasi_baseline=cmp.base.fvasi,
                    improvement_pct=cmp.response["improvement_pct"], fvasi50=cmp.response["fvasi50"],
@@ -266,15 +307,14 @@ class Corrections:
                 for k in MASKS:  # a new revision's files, never over an old one's
                     files[f"{k}_mask"] = os.path.join(folder, f"r{revision}_{k}_mask.png")
                     write_png(os.path.join(self.out, files[f"{k}_mask"]), new[k] * 255)
-            model = self.model_masks(row)
+            model = before if not old.get("files") else self.model_masks(row)
+            counts = {k: overlap(model[k], new[k]) for k in MASKS}
             hashes = {k: mask_sha256(new[k]) for k in MASKS}
             review = {"status": status, "comment": comment, "reviewer": reviewer, "time": _now(),
                       "revision": revision, "files": files, "sha256": hashes,
                       "pixels_changed_from_model": {k: int(np.count_nonzero(model[k] != new[k])) for k in MASKS},
-                      "dice": {k: dice(model[k], new[k]) for k in MASKS},
-                      # [both, model, corrected] pixel counts: the pooled Dice over photos (summary)
-                      "overlap": {k: [int(np.count_nonzero((model[k] > 0) & (new[k] > 0))),
-                                      int(np.count_nonzero(model[k])), int(np.count_nonzero(new[k]))] for k in MASKS},
+                      "dice": {k: dice(counts[k]) for k in MASKS},
+                      "overlap": counts,  # [both, model, corrected] pixels: the pooled Dice over photos (summary)
                       "corrected": self.recompute(study, row, new)}
             row["review"] = review
             # a corrected baseline changes every follow-up's comparison with it
@@ -426,8 +466,7 @@ def summary(study: study_lib.Study) -> dict[str, Any]:
         d = [p["review"]["dice"][k] for p in rows if p["review"]["dice"].get(k) is not None
              and math.isfinite(p["review"]["dice"][k])]
         out[f"{k}_dice_mean"] = float(np.mean(d)) if d else math.nan
-        both, model, corrected = np.sum([p["review"]["overlap"][k] for p in rows], axis=0) if rows else (0, 0, 0)
-        out[f"{k}_dice_pooled"] = 2.0 * both / (model + corrected) if model + corrected else math.nan
+        out[f"{k}_dice_pooled"] = dice(np.sum([p["review"]["overlap"][k] for p in rows], axis=0) if rows else (0, 0, 0))
     return out
 
 

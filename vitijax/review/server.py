@@ -146,8 +146,6 @@ def make_app(out: str, token: str | None = None, max_body: int = MAX_BODY):
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from vitijax.data.io import read_photo
-
     c = corr.Corrections(out)
     token = token or secrets.token_urlsafe(24)
     images: dict[int, bytes] = {}  # the last few photos served, JPEG-coded (a reviewer goes back and forth)
@@ -214,7 +212,7 @@ def make_app(out: str, token: str | None = None, max_body: int = MAX_BODY):
             if i in images:
                 return images[i]
         buf = io.BytesIO()
-        Image.fromarray(read_photo(path)).save(buf, format="JPEG", quality=92)
+        Image.fromarray(c.photo(path)).save(buf, format="JPEG", quality=92)
         with images_lock:
             images[i] = buf.getvalue()
             while len(images) > 4:

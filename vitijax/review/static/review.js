@@ -185,23 +185,23 @@ function showCompare(p, blobs) {
 function blend() { $("this-img").style.opacity = String($("blend").value / 100); }
 
 // ---------------------------------------------------------------- figures, live and recomputed
-function counts() {
-  const f = S.masks.face, l = S.masks.lesion, u = S.unass, n = f.length;
-  let face = 0, les = 0;
-  for (let i = 0; i < n; i++) if (f[i] && !(u && u[i])) { face++; if (l[i]) les++; }
-  return { face, les, ratio: face ? 100 * les / face : NaN };
-}
-function lesionDice() {
-  const a = S.model.lesion, b = S.masks.lesion, f = S.masks.face; let both = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) { const x = a[i], y = b[i] && f[i]; if (x) na++; if (y) nb++; if (x && y) both++; }
-  return na + nb ? 2 * both / (na + nb) : NaN;
+function counts() {  // one pass over the photo: F-Vitiligo as the pipeline counts it, and the lesion Dice against the model
+  const f = S.masks.face, l = S.masks.lesion, u = S.unass, a = S.model.lesion, n = f.length;
+  let face = 0, les = 0, both = 0, model = 0, now = 0;
+  for (let i = 0; i < n; i++) {
+    const y = l[i] && f[i];
+    if (f[i] && !(u && u[i])) { face++; if (l[i]) les++; }
+    if (a[i]) { model++; if (y) both++; }
+    if (y) now++;
+  }
+  return { face, les, ratio: face ? 100 * les / face : NaN, dice: model + now ? 2 * both / (model + now) : NaN };
 }
 function updateLive() {
   if (!S.masks.face) return;
   const c = counts();
   $("ratio-now").textContent = fmt(c.ratio);
   $("ratio-now").dataset.value = String(c.ratio);
-  $("dice-now").textContent = fmt(lesionDice(), 3);
+  $("dice-now").textContent = fmt(c.dice, 3);
 }
 function updateNow(fig) {
   updateLive();
